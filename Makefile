@@ -1,0 +1,127 @@
+# task-timeout-ee: `make demo` and `make test` are the two set-up commands; every other
+# target is a step they run, usable on its own.
+
+VERSION          := 0.1.0
+CONTAINER_ENGINE ?= docker
+IMAGE            ?= task-timeout-ee
+EE_IMAGE         ?= $(IMAGE):dev
+STOCK_IMAGE      ?= $(IMAGE):stock
+TARGET_IMAGE     ?= task-timeout-ee-target:dev
+# The base the image is built on. Where a registry is reachable:
+#   make image BASE_IMAGE=docker.io/library/debian:trixie
+LOCAL_BASE       := localhost/debian:trixie
+BASE_IMAGE       ?= $(LOCAL_BASE)
+# A CA bundle handed to the build (TLS-intercepting proxies); by default the one the
+# host's pip trusts, if any. CA_BUNDLE= hands none.
+CA_BUNDLE        ?= $(or $(shell python3 -m pip config get global.cert 2>/dev/null),$(PIP_CERT))
+# --network for image builds, e.g. BUILD_NETWORK=host when the bridge cannot reach mirrors.
+BUILD_NETWORK    ?=
+PYTEST_ARGS      ?=
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+RUFF   := $(VENV)/bin/ruff
+export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE
+
+BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMAGE) \
+	$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK))
+
+.PHONY: help demo test host-deps venv base context check-context image image-stock target \
+	unit core-tests lint format bench clean clean-base
+
+help:
+	@echo "make demo     build what is missing, show a frozen host timed out while four others finish"
+	@echo "make test     the whole suite (lint, unit, context check, image, integration)"
+	@echo "make image    build $(EE_IMAGE) and $(IMAGE):$(VERSION) (BASE_IMAGE=, CA_BUNDLE=, CONTAINER_ENGINE=)"
+	@echo "make context  regenerate context/ from execution-environment.yml; check-context verifies it"
+	@echo "make bench    run the benchmarks in bench/, results in bench/results/"
+
+# ---- what a fresh machine needs --------------------------------------------------------
+
+# mmdebstrap bootstraps the local base image; installed from Debian's packages.
+host-deps:
+	@command -v mmdebstrap >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "make: mmdebstrap is missing: sudo apt-get install mmdebstrap" >&2; exit 1; }; \
+	  apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null; }
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements-test.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements-test.txt
+	touch $@
+
+# ---- images ------------------------------------------------------------------------------
+
+base: host-deps
+ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
+	scripts/make-base $(LOCAL_BASE) $(CONTAINER_ENGINE)
+else
+	@echo "make: BASE_IMAGE=$(BASE_IMAGE) is not the local base; nothing to bootstrap"
+endif
+
+context: venv
+	rm -rf context
+	$(VENV)/bin/ansible-builder create --file execution-environment.yml --context context \
+	  --output-filename Containerfile >/dev/null
+	@echo "context/ regenerated from execution-environment.yml"
+
+# ansible-builder never deletes stale files, so generate afresh and compare both ways.
+check-context: venv
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(VENV)/bin/ansible-builder create --file execution-environment.yml --context "$$tmp/context" \
+	  --output-filename Containerfile >/dev/null && \
+	diff -r --exclude='*.pem' --exclude='*.whl' "$$tmp/context" context \
+	  || { echo "check-context: context/ is out of date with execution-environment.yml: run \`make context\`" >&2; exit 1; }
+	@echo "check-context: context/ matches execution-environment.yml"
+
+image: base check-context
+	$(BUILD_IMAGE) --tag $(EE_IMAGE) --tag $(IMAGE):$(VERSION)
+
+# The same image without the patches: the stock reference of tests and benchmarks.
+image-stock: base check-context
+	rm -rf .cache/stock-context && mkdir -p .cache && cp -r context .cache/stock-context
+	rm -f .cache/stock-context/_build/patches/*.patch
+	$(BUILD_IMAGE) --context .cache/stock-context --tag $(STOCK_IMAGE)
+
+# The managed-host target of the tests and the demo (the top-level Containerfile).
+target: base
+	$(CONTAINER_ENGINE) build -q -f Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK)) -t $(TARGET_IMAGE) . >/dev/null
+	@echo "built $(TARGET_IMAGE)"
+
+# ---- the two set-up commands -------------------------------------------------------------
+
+demo: image target
+	scripts/demo
+
+test: venv lint unit image image-stock target
+	$(PYTEST) tests/image tests/integration $(PYTEST_ARGS)
+
+# ---- steps -------------------------------------------------------------------------------
+
+unit: venv
+	$(PYTEST) tests/unit -q
+
+# ansible-core's own unit tests (executor, playbook, strategy) on the patched tree.
+core-tests: base
+	scripts/core-tests
+
+lint: venv
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+format: venv
+	$(RUFF) format .
+	$(RUFF) check --fix .
+
+bench: venv image image-stock target
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	-$(CONTAINER_ENGINE) ps -aq --filter label=task-timeout-ee.test | xargs -r $(CONTAINER_ENGINE) rm -f
+	-$(CONTAINER_ENGINE) image rm -f $(EE_IMAGE) $(IMAGE):$(VERSION) $(STOCK_IMAGE) $(TARGET_IMAGE) 2>/dev/null
+	rm -rf .cache .pytest_cache .ruff_cache
+
+clean-base:
+	-$(CONTAINER_ENGINE) image rm -f $(LOCAL_BASE)

@@ -1,0 +1,217 @@
+"""The built EE image: init, users, contents, metadata, and what the build must not leave behind."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = yaml.safe_load((ROOT / "execution-environment.yml").read_text())
+
+# Reads the process table with psutil, as a job inside the EE would see it.
+PS_SCRIPT = (
+    "import json, psutil; print(json.dumps([p.info for p in "
+    "psutil.process_iter(['pid', 'ppid', 'name', 'status', 'cmdline'])]))"
+)
+
+
+def processes(host: Any) -> list[dict[str, Any]]:
+    return json.loads(host.check_output("python3 -c %s", PS_SCRIPT))
+
+
+def pinned(name: str) -> str:
+    """The version execution-environment.yml pins NAME to."""
+    for req in DEFINITION["dependencies"]["python"]:
+        if req.startswith(f"{name}=="):
+            return req.split("==", 1)[1]
+    raise AssertionError(f"{name} is not pinned in execution-environment.yml")
+
+
+def test_image_size_is_reported(image_config: dict[str, Any]) -> None:
+    size_mb = image_config["Size"] / 1e6
+    print(f"\nEE image size: {size_mb:.0f} MB uncompressed")
+    assert size_mb <= 300, f"image is {size_mb:.0f} MB, over the 300 MB budget"
+
+
+def test_pid1_is_tini(host: Any) -> None:
+    assert host.file("/proc/1/comm").content_string.strip() == "tini"
+
+
+def test_orphans_are_reaped(host: Any) -> None:
+    """A process orphaned inside the container ends without leaving a zombie."""
+    pid = int(host.check_output("sh -c 'sleep 1 >/dev/null 2>&1 & echo $!'"))
+    assert any(p["pid"] == pid and p["ppid"] == 1 for p in processes(host)), "orphan was not re-parented"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if not any(p["pid"] == pid for p in processes(host)):
+            break
+        time.sleep(0.2)
+    else:
+        leftover = [p for p in processes(host) if p["pid"] == pid]
+        pytest.fail(f"orphan {pid} was not reaped by PID 1: {leftover}")
+    assert not [p for p in processes(host) if p["status"] == "zombie"]
+
+
+def test_without_tini_the_orphan_stays_a_zombie(container: Any) -> None:
+    """The control for the test above: with sleep as PID 1, nothing reaps, so that test can fail."""
+    host = container("--entrypoint", "env")  # env execs sleep: sleep is PID 1
+    pid = int(host.check_output("sh -c 'sleep 0.2 >/dev/null 2>&1 & echo $!'"))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        states = {p["pid"]: p["status"] for p in processes(host)}
+        if states.get(pid) == "zombie":
+            break
+        time.sleep(0.2)
+    assert states.get(pid) == "zombie"
+
+
+def test_psutil_imports(host: Any) -> None:
+    assert host.run("python3 -c 'import psutil; psutil.Process().children(recursive=True)'").rc == 0
+
+
+def test_ansible_core_is_the_pinned_version(host: Any) -> None:
+    out = host.check_output("ansible --version")
+    assert f"ansible [core {pinned('ansible-core')}]" in out
+    assert pinned("ansible-runner") in host.check_output("ansible-runner --version")
+
+
+def test_patch_record_lists_every_patch(host: Any) -> None:
+    """The image says which patches it carries, with their checksums, in the order applied."""
+    site = host.check_output(
+        "python3 -c %s", "import ansible, os; print(os.path.dirname(os.path.dirname(ansible.__file__)))"
+    )
+    record = host.file(f"{site}/ansible_task_timeout_patches.txt")
+    assert record.exists
+    patches = sorted((ROOT / "patches").glob("*.patch"))
+    assert patches, "patches/ is empty"
+    text = record.content_string
+    for patch in patches:
+        digest = hashlib.sha256(patch.read_bytes()).hexdigest()
+        assert patch.name in text and digest in text, f"{patch.name} (sha256 {digest}) not in the record"
+    assert host.run("python3 -c 'import ansible_task_timeout'").rc == 0
+
+
+def test_tools_an_ee_needs(host: Any) -> None:
+    for tool in (
+        "ssh",
+        "ssh-agent",
+        "ssh-add",
+        "sshpass",
+        "rsync",
+        "tini",
+        "ansible-playbook",
+        "ansible-runner",
+    ):
+        assert host.exists(tool), f"{tool} is missing"
+
+
+@pytest.mark.parametrize("path", ["/runner", "$HOME"])
+def test_writable_as_every_user(host_as: Any, path: str) -> None:
+    assert host_as.run(f'touch "{path}/.probe" && rm "{path}/.probe"').rc == 0, host_as.check_output("id")
+
+
+def test_ansible_runs_as_every_user(host_as: Any) -> None:
+    """A real module run: temp dirs, the module's Python and the result path all work for this user."""
+    out = host_as.run("ansible localhost -m ansible.builtin.ping -o")
+    assert out.rc == 0 and '"ping": "pong"' in out.stdout, out.stdout + out.stderr
+
+
+def test_user_has_a_passwd_entry(host_as: Any) -> None:
+    """ssh refuses to run for a uid without a passwd entry; the builder entrypoint adds one."""
+    assert host_as.run("getent passwd $(id -u)").rc == 0
+
+
+def test_metadata(image_config: dict[str, Any]) -> None:
+    config = image_config["Config"]
+    assert config["Labels"]["ansible-execution-environment"] == "true"
+    assert config["WorkingDir"] == "/runner"
+    assert config["User"] == "1000"
+    assert config["Entrypoint"] == ["/opt/builder/bin/entrypoint", "tini", "--"]
+
+
+def test_no_build_settings_in_the_environment(image_config: dict[str, Any]) -> None:
+    env = dict(e.split("=", 1) for e in image_config["Config"]["Env"])
+    leaked = {
+        k
+        for k in env
+        if re.search(r"proxy|PIP_(CERT|INDEX|FIND|NO_INDEX|TRUSTED)|CA_BUNDLE|SSL_CERT", k, re.I)
+    }
+    assert not leaked, f"build-time settings left in the image's environment: {leaked}"
+
+
+def test_no_build_leftovers_on_disk(container: Any) -> None:
+    host = container("--user", "0")  # root, to see into /root
+    for path in (
+        "/output",
+        "/build",
+        "/tmp/wheels",
+        "/tmp/build-ca",
+        "/tmp/task-timeout",
+        "/root/.cache/pip",
+    ):
+        assert not host.file(path).exists, f"{path} is left in the image"
+    assert not host.run("ls /var/lib/apt/lists/ | grep _Packages").stdout.strip(), "apt lists left behind"
+
+
+def _certificates(pem: str) -> set[str]:
+    """The base64 bodies of the certificates in a PEM bundle, one line each."""
+    return {
+        "".join(m.split())
+        for m in re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem, re.S)
+    }
+
+
+def test_build_time_ca_is_in_no_layer(engine: str, ee_image: str, host: Any, tmp_path: Path) -> None:
+    """The CA bundle handed to the build (CA_BUNDLE) is in no layer, nor in the image's config or history.
+
+    The extra CAs are those of the handed-in bundle that Debian's ca-certificates does not
+    ship; each must appear nowhere in the saved image, in any of its forms (PEM lines).
+    """
+    bundle = os.environ.get("CA_BUNDLE", "")
+    if not bundle:
+        pytest.skip("the image was built without CA_BUNDLE: there is no build-time CA to look for")
+    # Public trust anchors that Debian and pip ship anyway, in the image and on the host.
+    public = _certificates(
+        host.check_output(
+            "cat /usr/share/ca-certificates/mozilla/*.crt /usr/lib/python3/dist-packages/pip/_vendor/certifi/*.pem"
+        )
+    )
+    for crt in Path("/usr/share/ca-certificates").glob("mozilla/*.crt"):
+        public |= _certificates(crt.read_text())
+    extra = _certificates(Path(bundle).read_text()) - public
+    assert extra, "the handed-in bundle holds no CA beyond the public ones; nothing would prove the check"
+    # Match on a 64-character PEM line of each CA: the way it would sit in any file.
+    needles = [body[64:128].encode() for body in extra]
+    archive = tmp_path / "image.tar"
+    subprocess.run([engine, "save", "-o", str(archive), ee_image], check=True)
+    hits: list[str] = []
+    with tarfile.open(archive) as outer:
+        for member in outer:
+            if not member.isfile():
+                continue
+            data = outer.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name.endswith("layer.tar"):
+                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
+                    for f in layer:
+                        if f.isfile():
+                            content = layer.extractfile(f).read()  # type: ignore[union-attr]
+                            hits += [f"{member.name}:{f.name}" for n in needles if n in content]
+            else:
+                hits += [member.name for n in needles if n in data]
+    assert not hits, f"the build-time CA is left in the image: {hits}"
+
+
+def test_check_context_passes() -> None:
+    out = subprocess.run(["make", "-s", "check-context"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
