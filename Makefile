@@ -22,7 +22,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
-export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE
+export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE CA_BUNDLE
 
 BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMAGE) \
 	$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK))
@@ -82,6 +82,8 @@ image: base check-context
 image-stock: base check-context
 	rm -rf .cache/stock-context && mkdir -p .cache && cp -r context .cache/stock-context
 	rm -f .cache/stock-context/_build/patches/*.patch
+	printf '#!/bin/sh\necho "# stock: ansible-core as released, no patches" > "$$1/ansible_task_timeout_patches.txt"\n' \
+	  > .cache/stock-context/_build/task-timeout/apply-patches
 	$(BUILD_IMAGE) --context .cache/stock-context --tag $(STOCK_IMAGE)
 
 # The managed-host target of the tests and the demo (the top-level Containerfile).
