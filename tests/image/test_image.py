@@ -182,7 +182,8 @@ def test_build_time_ca_is_in_no_layer(engine: str, ee_image: str, host: Any, tmp
     if not bundle:
         pytest.skip("the image was built without CA_BUNDLE: there is no build-time CA to look for")
     # Public trust anchors that Debian and pip ship anyway, in the image and on the host.
-    shipped = "/usr/share/ca-certificates/mozilla/*.crt /usr/lib/python3/dist-packages/pip/_vendor/certifi/*"
+    shipped = "/usr/share/ca-certificates/mozilla/*.crt"
+    shipped += " /usr/lib/python3/dist-packages/pip/_vendor/certifi/*.pem"
     public = _certificates(host.check_output(f"cat {shipped}"))
     for crt in Path("/usr/share/ca-certificates").glob("mozilla/*.crt"):
         public |= _certificates(crt.read_text())
