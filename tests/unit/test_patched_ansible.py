@@ -19,7 +19,9 @@ import pytest
 errors = pytest.importorskip("ansible.errors")
 if not hasattr(errors, "AnsibleTaskTimeoutError"):
     # e.g. the host venv, where ansible-navigator brings a stock ansible-core 2.19
-    pytest.skip("this ansible-core is not the patched one: scripts/core-tests runs these", allow_module_level=True)
+    pytest.skip(
+        "this ansible-core is not the patched one: scripts/core-tests runs these", allow_module_level=True
+    )
 
 SLEEP = "313"  # a sleep length no one else uses, to find leftovers
 

@@ -1,0 +1,465 @@
+"""The controller-side guarantee, with real ansible-playbook runs on the patched ansible-core 2.21.
+
+Run by scripts/core-tests (Python 3.13, patched ansible); skipped on the host. Covers: the watchdog
+(a worker that blocks SIGALRM, one stuck in C code), the stress test (workers killed at random
+instants while results of 200 KiB are in flight), and each way the controller can end (SIGINT,
+SIGTERM, runner's killpg SIGKILL, SIGKILL of ansible-playbook alone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+errors = pytest.importorskip("ansible.errors")
+if not hasattr(errors, "AnsibleTaskTimeoutError"):
+    pytest.skip(
+        "this ansible-core is not the patched one: scripts/core-tests runs these", allow_module_level=True
+    )
+controller = pytest.importorskip("ansible_task_timeout_controller")
+
+RUN_ID_ENV = controller.RUN_ID_ENV
+HOSTS = ("h1", "h2", "h3", "h4")
+OUTPUT_SIZE = 200 * 1024
+
+# A local action plugin whose "module" is the worker process itself: it can mask SIGALRM, sit in C
+# code, or produce a large deterministic output from a real child process.
+ACTION_PLUGIN = """
+from __future__ import annotations
+import ctypes, signal, subprocess, sys, time
+from ansible.plugins.action import ActionBase
+
+class ActionModule(ActionBase):
+    def run(self, tmp=None, task_vars=None):
+        mode = self._task.args["mode"]
+        if mode == "mask_alarm":
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            while True:
+                time.sleep(1)
+        if mode == "c_sleep":
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            ctypes.CDLL(None).sleep(600)  # one C call: no bytecode boundary for a handler
+        if mode == "big":
+            seed = self._task.args["seed"]
+            code = (
+                "import hashlib, sys, time\\n"
+                "time.sleep(0.25)\\n"  # a window in which the test finds this trial's worker
+                "seed = sys.argv[1].encode(); out = bytearray()\\n"
+                "while len(out) < %d:\\n"
+                "    out += hashlib.sha256(seed + str(len(out)).encode()).hexdigest().encode()\\n"
+                "sys.stdout.write(out[:%d].decode())\\n"
+            ) % (OUTPUT_SIZE, OUTPUT_SIZE)
+            argv = [sys.executable, "-c", code, seed]
+            proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+            return {"changed": False, "stdout": proc.stdout}
+        raise ValueError(mode)
+""".replace("OUTPUT_SIZE", str(OUTPUT_SIZE))
+
+# Records, in the controller, what each host's task delivered: enough to check content and timing.
+CALLBACK_PLUGIN = """
+from __future__ import annotations
+import hashlib, json, os, time
+from ansible.plugins.callback import CallbackBase
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "record"
+    CALLBACK_NEEDS_ENABLED = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._out = open(os.environ["RECORD_FILE"], "a", buffering=1)
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._write({"event": "start", "task": task.get_name()})
+
+    def _result(self, status, result):
+        res = result.result
+        stdout = res.get("stdout")
+        self._write({
+            "event": status, "task": result.task.get_name(), "host": result.host.name,
+            "sha": hashlib.sha256(stdout.encode()).hexdigest() if isinstance(stdout, str) else None,
+            "msg": res.get("msg"), "task_timeout": res.get("task_timeout"),
+        })
+
+    def v2_runner_on_ok(self, result):
+        self._result("ok", result)
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._result("failed", result)
+
+    def v2_runner_on_unreachable(self, result):
+        self._result("unreachable", result)
+
+    def _write(self, record):
+        record["t"] = time.monotonic()
+        self._out.write(json.dumps(record) + "\\n")
+"""
+
+
+def expected_sha(seed: str) -> str:
+    """What the `big` mode prints for `seed` (same algorithm as the action plugin)."""
+    out = bytearray()
+    while len(out) < OUTPUT_SIZE:
+        out += hashlib.sha256(seed.encode() + str(len(out)).encode()).hexdigest().encode()
+    return hashlib.sha256(bytes(out[:OUTPUT_SIZE])).hexdigest()
+
+
+def ansible_playbook() -> str:
+    found = Path(sys.executable).parent / "ansible-playbook"
+    return str(found) if found.exists() else (shutil.which("ansible-playbook") or "ansible-playbook")
+
+
+def write_project(tmp_path: Path, play: str) -> dict[str, str]:
+    """Inventory, plugins and play in `tmp_path`; return the environment for ansible-playbook."""
+    (tmp_path / "action_plugins").mkdir(exist_ok=True)
+    (tmp_path / "action_plugins" / "probe.py").write_text(ACTION_PLUGIN)
+    (tmp_path / "callback_plugins").mkdir(exist_ok=True)
+    (tmp_path / "callback_plugins" / "record.py").write_text(CALLBACK_PLUGIN)
+    (tmp_path / "inventory").write_text(
+        "[all]\n"
+        + "\n".join(
+            f"{h} ansible_connection=local ansible_python_interpreter={sys.executable}" for h in HOSTS
+        )
+        + "\n"
+    )
+    (tmp_path / "play.yml").write_text(textwrap.dedent(play))
+    return {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORKS": str(len(HOSTS)),
+        "ANSIBLE_ACTION_PLUGINS": str(tmp_path / "action_plugins"),
+        "ANSIBLE_CALLBACK_PLUGINS": str(tmp_path / "callback_plugins"),
+        "ANSIBLE_CALLBACKS_ENABLED": "record",
+        "RECORD_FILE": str(tmp_path / "record.jsonl"),
+    }
+
+
+def records(tmp_path: Path) -> list[dict[str, object]]:
+    path = tmp_path / "record.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def start_playbook(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """ansible-playbook in its own process group and session, as ansible-runner starts it."""
+    return subprocess.Popen(
+        [ansible_playbook(), "-i", str(tmp_path / "inventory"), str(tmp_path / "play.yml")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def workers_of(pid: int) -> list[psutil.Process]:
+    """The controller's forked workers: its children running the controller's own command line."""
+    try:
+        parent = psutil.Process(pid)
+        cmdline = parent.cmdline()
+        return [c for c in parent.children() if c.cmdline() == cmdline and c.status() != psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return []
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `condition` until truthy; fail naming `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_processes(run_id: str | None = None) -> list[psutil.Process]:
+    """Live processes carrying a run id (this one, or any if None)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            value = proc.environ().get(RUN_ID_ENV)
+        except psutil.Error:
+            continue
+        if value and (run_id is None or value == run_id):
+            found.append(proc)
+    return found
+
+
+def sleeps(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["cmdline"] == ["sleep", marker] and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+# --------------------------------------------------------------------------- watchdog
+
+
+@pytest.mark.parametrize("mode", ["mask_alarm", "c_sleep"])
+def test_watchdog_ends_a_worker_the_alarm_cannot_reach(tmp_path: Path, mode: str) -> None:
+    limit = 3
+    env = write_project(
+        tmp_path,
+        f"""
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - name: stuck
+              probe:
+                mode: "{{{{ '{mode}' if inventory_hostname == 'h1' else 'big' }}}}"
+                seed: "{{{{ inventory_hostname }}}}"
+              task_timeout: {limit}
+              register: r1
+              ignore_errors: true
+            - name: after
+              probe: {{mode: big, seed: after}}
+        """,
+    )
+    start = time.monotonic()
+    proc = start_playbook(tmp_path, env)
+    out, _ = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, out
+    recs = records(tmp_path)
+    stuck = {r["host"]: r for r in recs if r.get("task") == "stuck" and "host" in r}
+    assert stuck["h1"]["event"] == "failed"
+    assert stuck["h1"]["task_timeout"] is True
+    assert stuck["h1"]["msg"] == f"Task execution timed out, limit is: {limit} second(s)"
+    for host in HOSTS[1:]:
+        assert stuck[host]["event"] == "ok" and stuck[host]["sha"] == expected_sha(host)
+    after = {r["host"] for r in recs if r.get("task") == "after" and r.get("event") == "ok"}
+    assert after == set(HOSTS)  # the timed-out host went on (ignore_errors), nobody was lost
+    assert "dead state" not in out
+    # start-up and the second task take a few seconds; the point is: bounded, not 600 s
+    assert elapsed < limit + controller.WATCHDOG_GRACE + 30, elapsed
+    assert wait_for(lambda: not run_processes(), 10, "the run's processes to be gone")
+
+
+# --------------------------------------------------------------------------- stress
+
+
+TRIALS = int(os.environ.get("STRESS_TRIALS", "200"))
+TRIALS_PER_RUN = 50
+TRIAL_BOUND = 20.0
+
+
+def _trial_worker(pid: int, seed: str) -> psutil.Process | None:
+    """The worker running the trial of `seed`: parent of the action's child that carries the seed."""
+    try:
+        for worker in workers_of(pid):
+            for child in worker.children():
+                if seed in child.cmdline():
+                    return worker
+    except psutil.Error:
+        pass
+    return None
+
+
+def _kill_one_worker_per_trial(
+    pid: int,
+    tmp_path: Path,
+    first: int,
+    trials: int,
+    rng: random.Random,
+    kills: dict[int, tuple[str, int]],
+    stop: threading.Event,
+) -> None:
+    """For each trial: pick a host, find its worker (polling the process table), kill it at a random instant.
+
+    SIGKILL and SIGTERM alternate. The worker is identified by its action's child process, whose
+    command line carries the trial's seed, so the victim surely belongs to this trial.
+    """
+    for trial in range(trials):
+        host = rng.choice(HOSTS)
+        seed = f"{host}-{first + trial}"
+        try:
+            found = wait_for(lambda seed=seed: stop.is_set() or _trial_worker(pid, seed), 60, seed)
+        except AssertionError:
+            found = None  # the trial ended without us seeing the child: no victim
+        if stop.is_set():
+            return
+        if not isinstance(found, psutil.Process):
+            continue
+        time.sleep(rng.uniform(0.0, 0.45))  # the random instant: not synchronisation
+        signum = signal.SIGKILL if len(kills) % 2 == 0 else signal.SIGTERM
+        try:
+            found.send_signal(signum)  # psutil refuses if the pid was reused meanwhile
+            kills[trial] = (host, signum)
+        except psutil.Error:
+            pass  # it finished first: this trial has no victim
+
+
+def test_stress_workers_killed_at_random_instants(tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("STRESS_SEED", "20250101")))
+    totals = {"trials": 0, "SIGKILL": 0, "SIGTERM": 0, "victims_failed": 0, "no_victim": 0}
+    slowest = 0.0
+    for first in range(0, TRIALS, TRIALS_PER_RUN):
+        count = min(TRIALS_PER_RUN, TRIALS - first)
+        run_dir = tmp_path / f"run{first}"
+        run_dir.mkdir()
+        tasks = "".join(
+            f"""
+            - name: trial {t}
+              probe: {{mode: big, seed: "{{{{ inventory_hostname }}}}-{first + t}"}}
+              ignore_errors: true
+            """
+            for t in range(count)
+        )
+        env = write_project(
+            run_dir,
+            "- hosts: all\n  gather_facts: false\n  tasks:" + textwrap.indent(textwrap.dedent(tasks), "    "),
+        )
+        kills: dict[int, tuple[str, int]] = {}
+        stop = threading.Event()
+        proc = start_playbook(run_dir, env)
+        killer = threading.Thread(
+            target=_kill_one_worker_per_trial,
+            args=(proc.pid, run_dir, first, count, rng, kills, stop),
+            daemon=True,
+        )
+        killer.start()
+        try:
+            out, _ = proc.communicate(timeout=count * TRIAL_BOUND)
+        finally:
+            stop.set()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            killer.join(timeout=30)
+        assert "dead state" not in out, out[-3000:]
+        assert proc.returncode in (0, 2), out[-3000:]
+        recs = records(run_dir)
+        for t in range(count):
+            name = f"trial {t}"
+            results = {r["host"]: r for r in recs if r.get("task") == name and "host" in r}
+            starts = [r["t"] for r in recs if r.get("task") == name and r["event"] == "start"]
+            assert set(results) == set(HOSTS), (name, results)  # every host has its result
+            failed = [h for h, r in results.items() if r["event"] != "ok"]
+            for host, res in results.items():
+                if res["event"] == "ok":
+                    assert res["sha"] == expected_sha(f"{host}-{first + t}"), (name, host)  # intact
+            victim, signum = kills.get(t, (None, None))
+            assert set(failed) <= {victim}, (name, victim, results)  # only the killed host failed
+            if victim is not None:
+                totals["SIGKILL" if signum == signal.SIGKILL else "SIGTERM"] += 1
+                totals["victims_failed"] += len(failed)
+            else:
+                totals["no_victim"] += 1
+            duration = max(r["t"] for r in results.values()) - starts[0]
+            slowest = max(slowest, duration)
+            assert duration < TRIAL_BOUND, (name, duration)
+        totals["trials"] += count
+        assert wait_for(lambda: not run_processes(), 15, "the run's processes to be gone")
+    print(f"\nstress: {totals}, slowest trial {slowest:.2f} s")
+    assert totals["trials"] == TRIALS
+    assert (
+        totals["SIGKILL"] + totals["SIGTERM"] >= TRIALS * 0.4
+    )  # many trials really had a victim (the rest: the worker was done first)
+    assert totals["victims_failed"] >= (totals["SIGKILL"] + totals["SIGTERM"]) * 0.5  # kills really hit
+
+
+# --------------------------------------------------------------------------- controller shutdown
+
+
+SHUTDOWN_PLAY = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: background
+      # a daemonised descendant (own session, like an ssh ControlPersist master) and a plain command
+      shell: "setsid sleep 319 </dev/null >/dev/null 2>&1 & exec sleep 317"
+"""
+
+
+def _kill(how: str, proc: subprocess.Popen[str]) -> None:
+    if how == "SIGINT":
+        proc.send_signal(signal.SIGINT)
+    elif how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "killpg-SIGKILL":  # what ansible-runner does on timeout/cancel
+        os.killpg(proc.pid, signal.SIGKILL)
+    elif how == "SIGKILL":
+        proc.kill()
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "killpg-SIGKILL", "SIGKILL"])
+def test_controller_shutdown_leaves_nothing(tmp_path: Path, how: str) -> None:
+    env = write_project(tmp_path, SHUTDOWN_PLAY)
+    proc = start_playbook(tmp_path, env)
+    try:
+        wait_for(
+            lambda: len(sleeps("317")) == len(HOSTS) and len(sleeps("319")) == len(HOSTS), 60, "the sleeps"
+        )
+        run_id = sleeps("317")[0].environ()[RUN_ID_ENV]
+        assert len(workers_of(proc.pid)) == len(HOSTS)
+        worker_pids = [w.pid for w in workers_of(proc.pid)]
+        _kill(how, proc)
+        proc.communicate(timeout=30)
+        start = time.monotonic()
+        wait_for(lambda: not run_processes(run_id), 15, f"no process of run {run_id}")
+        wait_for(
+            lambda: not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                for p in worker_pids
+            ),
+            15,
+            "the workers to be gone",
+        )
+        assert sleeps("317") == [] and sleeps("319") == []
+        print(f"\nshutdown {how}: everything gone {time.monotonic() - start:.2f} s after the controller")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for p in sleeps("317") + sleeps("319"):
+            p.kill()
+
+
+def test_normal_end_spares_intended_background_but_ends_workers(tmp_path: Path) -> None:
+    env = write_project(
+        tmp_path,
+        """
+        - hosts: h1
+          gather_facts: false
+          tasks:
+            - shell: "setsid sleep 321 </dev/null >/dev/null 2>&1 &"
+        """,
+    )
+    proc = start_playbook(tmp_path, env)
+    out, _ = proc.communicate(timeout=60)
+    try:
+        assert proc.returncode == 0, out
+        assert len(sleeps("321")) == 1  # a deliberate local background process is not ours to end
+        guardians = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "guardian_main" in " ".join(p.info["cmdline"] or [])
+        ]
+        assert wait_for(
+            lambda: not [g for g in guardians if g.is_running() and g.status() != psutil.STATUS_ZOMBIE],
+            10,
+            "the guardian to exit",
+        )
+    finally:
+        for p in sleeps("321"):
+            p.kill()
