@@ -1,0 +1,109 @@
+"""Fleet runs: N hosts, 1 % of them frozen mid task 1; patched vs healthy vs stock.
+
+What the motivating incident needs to see: with the patches, a run with frozen hosts costs about
+one task limit T more than the healthy run, whatever N is; stock ansible-core never finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from .lab import EE_IMAGE, STOCK_IMAGE, Bench, base_env, control_sockets, freeze_when_running, run_playbook
+
+
+@dataclass
+class FleetRow:
+    n: int
+    forks: int
+    frozen: int
+    limit_s: int
+    healthy_s: float
+    patched_frozen_s: float
+    stock_frozen_s: float | None
+    stock_bound_s: float
+    frozen_timed_out: int
+    healthy_hosts_complete: bool
+    leftover_processes: int
+    leftover_sockets: int
+
+    @property
+    def extra_s(self) -> float:
+        return self.patched_frozen_s - self.healthy_s
+
+
+def _run(bench: Bench, image: str, tag: str, n: int, frozen: int, env: dict[str, str], bound_s: float):
+    """One run on a fleet of its own: a frozen host of an earlier run would carry its hung command."""
+    fleet = bench.fleet(n, frozen, tag)
+    ee = bench.ee(image, tag, {"inventory.ini": fleet.inventory})
+    triggers = freeze_when_running(fleet)
+    try:
+        result = run_playbook(ee, "fleet.yml", env=env, outer_limit_s=bound_s, settle_s=5.0)
+        sockets = control_sockets(ee)
+    finally:
+        for trigger in triggers:
+            trigger.stop()
+        bench.drop(ee)
+        bench.remove_fleet(fleet)
+    for trigger in triggers:
+        trigger.assert_fired()
+    return fleet, result, sockets
+
+
+def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
+    frozen = max(1, n // 100)
+    env = base_env("linear", forks)
+    env["ANSIBLE_TASK_DEADLINE"] = str(limit_s)
+    env["ANSIBLE_PIPELINING"] = "True"
+
+    _, healthy, _ = _run(bench, EE_IMAGE, f"n{n}f{forks}h", n, 0, env, 1800)
+    if healthy.hit_outer_limit or healthy.rc != 0:
+        raise RuntimeError(f"healthy run of {n} hosts failed: rc={healthy.rc}\n{healthy.stdout[:3000]}")
+    bound = healthy.wall_s + 2 * limit_s + 30
+    fleet, patched, sockets = _run(
+        bench, EE_IMAGE, f"n{n}f{forks}p", n, frozen, env, healthy.wall_s + 10 * limit_s
+    )
+    _, stock, _ = _run(bench, STOCK_IMAGE, f"n{n}f{forks}s", n, frozen, env, bound)
+
+    timed_out = sum(
+        1
+        for h in fleet.frozen
+        for e in patched.results(host=h, task="task 1")
+        if e["result"].get("task_timeout")
+    )
+    complete = all(
+        any(e["event"] == "ok" for e in patched.results(host=h, task="task 3")) for h in fleet.healthy
+    )
+    return FleetRow(
+        n=n,
+        forks=forks,
+        frozen=frozen,
+        limit_s=limit_s,
+        healthy_s=round(healthy.wall_s, 2),
+        patched_frozen_s=round(patched.wall_s, 2),
+        stock_frozen_s=None if stock.hit_outer_limit else round(stock.wall_s, 2),
+        stock_bound_s=round(bound, 1),
+        frozen_timed_out=timed_out,
+        healthy_hosts_complete=complete,
+        leftover_processes=len(patched.leftovers),
+        leftover_sockets=sockets,
+    )
+
+
+def fleet_benchmark(sizes: list[int], forks: list[int], limit_s: int) -> list[dict]:
+    rows = []
+    with Bench.open() as bench:
+        for f in forks:
+            for n in sizes:
+                t0 = time.monotonic()
+                row = run_fleet(bench, n, f, limit_s)
+                stock = "hung" if row.stock_frozen_s is None else f"{row.stock_frozen_s:.1f} s"
+                print(
+                    f"fleet N={n} forks={f}: healthy {row.healthy_s:.1f} s, patched+frozen "
+                    f"{row.patched_frozen_s:.1f} s (+{row.extra_s:.1f}), stock {stock}, "
+                    f"leftovers {row.leftover_processes}/{row.leftover_sockets} "
+                    f"[{time.monotonic() - t0:.0f} s]",
+                    flush=True,
+                )
+                rows.append({**asdict(row), "extra_s": round(row.extra_s, 2)})
+    return rows

@@ -1,0 +1,80 @@
+"""Overhead of the patches on a healthy run: patched vs stock image, alternated within one session.
+
+Alternating (patched, stock, patched, ...) on the same targets spreads the machine's drift over
+both sides; the figure is the median of the per-pair ratios. Peak memory is the largest process
+of the run (the controller), from ru_maxrss of the run's waited-for descendants.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+from .lab import EE_IMAGE, STOCK_IMAGE, Bench, base_env, docker
+
+
+def _timed_run(ee_name: str, env: dict[str, str], bound_s: float) -> tuple[float, int, int]:
+    """Wall seconds, exit code and peak RSS (KiB) of one ansible-playbook run in the EE."""
+    env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+    t0 = time.monotonic()
+    out = docker(
+        "exec", "-w", "/runner/project", *env_args, ee_name,
+        "python3", "rusage.py", "ansible-playbook", "-i", "inventory.ini", "fleet.yml",
+        timeout=bound_s,
+    )  # fmt: skip
+    wall = time.monotonic() - t0
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    return wall, stats["rc"], stats["maxrss_kib"]
+
+
+def overhead_benchmark(n: int, forks: int, pairs: int, limit_s: int) -> dict[str, Any]:
+    env = base_env("linear", forks)
+    env["ANSIBLE_PIPELINING"] = "True"
+    env["ANSIBLE_TASK_DEADLINE"] = str(limit_s)  # the patched side pays for its deadline
+    runs: list[dict[str, Any]] = []
+    with Bench.open() as bench:
+        fleet = bench.fleet(n, 0, "ovh")
+        files = {"inventory.ini": fleet.inventory}
+
+        def fresh_run(image: str, tag: str) -> tuple[float, int, int]:
+            # A fresh EE per run: no ControlPersist master of an earlier run to reuse (the patched
+            # controller closes its masters at the end of a run, stock keeps them for 60 s).
+            ee = bench.ee(image, tag, files)
+            try:
+                return _timed_run(ee.name, env, 600)
+            finally:
+                bench.drop(ee)
+
+        fresh_run(EE_IMAGE, "ovh-warmup")  # page cache, first ssh handshakes of the targets
+        for i in range(pairs):
+            order = (EE_IMAGE, STOCK_IMAGE) if i % 2 == 0 else (STOCK_IMAGE, EE_IMAGE)
+            pair: dict[str, Any] = {"pair": i + 1}
+            for image in order:
+                kind = "patched" if image == EE_IMAGE else "stock"
+                wall, rc, rss = fresh_run(image, f"ovh-{i}-{kind}")
+                if rc != 0:
+                    raise RuntimeError(f"{kind} healthy run failed (rc {rc})")
+                pair[f"{kind}_s"] = round(wall, 3)
+                pair[f"{kind}_maxrss_mib"] = round(rss / 1024, 1)
+            pair["ratio"] = round(pair["patched_s"] / pair["stock_s"], 4)
+            print(
+                f"overhead pair {i + 1}: patched {pair['patched_s']:.2f} s, stock {pair['stock_s']:.2f} s, "
+                f"ratio {pair['ratio']:.3f}",
+                flush=True,
+            )
+            runs.append(pair)
+    ratios = [r["ratio"] for r in runs]
+    return {
+        "hosts": n,
+        "forks": forks,
+        "pairs": runs,
+        "median_ratio": round(statistics.median(ratios), 4),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "patched_median_s": round(statistics.median(r["patched_s"] for r in runs), 3),
+        "stock_median_s": round(statistics.median(r["stock_s"] for r in runs), 3),
+        "patched_peak_mib": max(r["patched_maxrss_mib"] for r in runs),
+        "stock_peak_mib": max(r["stock_maxrss_mib"] for r in runs),
+    }

@@ -1,0 +1,137 @@
+"""Write the results: JSON (all numbers), a markdown table the README includes, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "| hosts | forks | frozen | T (s) | healthy (s) | patched, frozen (s) | extra (s) | per host (ms) "
+        "| stock, frozen | frozen timed out | healthy complete | left: procs / sockets |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
+    ]
+    for r in rows:
+        stock = (
+            f"{r['stock_frozen_s']:.1f} s"
+            if r["stock_frozen_s"] is not None
+            else (f"did not finish within {r['stock_bound_s']:.0f} s")
+        )
+        out.append(
+            f"| {r['n']} | {r['forks']} | {r['frozen']} | {r['limit_s']} | {r['healthy_s']:.1f} "
+            f"| {r['patched_frozen_s']:.1f} | {r['extra_s']:+.1f} | {1000 * r['healthy_s'] / r['n']:.0f} "
+            f"| {stock} | {r['frozen_timed_out']}/{r['frozen']} "
+            f"| {'yes' if r['healthy_hosts_complete'] else 'NO'} "
+            f"| {r['leftover_processes']} / {r['leftover_sockets']} |"
+        )
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Measured {results['date']} on {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
+        f"Docker {m['docker']}; `make bench {results['args']}` took {results['duration_s'] / 60:.1f} min.",
+        "",
+    ]
+    if results.get("fleet"):
+        lines += [
+            "**Fleet** (three-task play, 1 % of hosts frozen in task 1, linear strategy, pipelining):",
+            "",
+        ]
+        lines += _fleet_table(results["fleet"]) + [""]
+    if o := results.get("overhead"):
+        lines += [
+            f"**Overhead** (healthy run, {o['hosts']} hosts, forks {o['forks']}, "
+            f"{len(o['pairs'])} alternated pairs): median patched/stock ratio "
+            f"**{o['median_ratio']:.3f}** (min {o['min_ratio']:.3f}, max {o['max_ratio']:.3f}); "
+            f"medians {o['patched_median_s']:.2f} s vs {o['stock_median_s']:.2f} s. "
+            f"Controller peak RSS: patched {o['patched_peak_mib']} MiB, stock {o['stock_peak_mib']} MiB.",
+            "",
+        ]
+    if results.get("latency"):
+        lines += ["**Detection latency** (deadline to failed result, per hang mode):", ""]
+        lines += [
+            "| mode | T (s) | runs | median (s) | max (s) | problems |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in results["latency"]:
+            lines.append(
+                f"| {r['mode']} | {r['limit_s']} | {r['repeats']} | {r['median_s']} | {r['max_s']} "
+                f"| {'; '.join(r['problems']) or '-'} |"
+            )
+        lines.append("")
+    if i := results.get("image"):
+        parts = [f"patched {i['patched_mb']} MB, stock {i['stock_mb']} MB uncompressed"]
+        if "cold_build_s" in i:
+            parts.append(
+                f"cold build {i['cold_total_s']:.0f} s (base bootstrap {i['base_bootstrap_s']:.0f} s + image "
+                f"{i['cold_build_s']:.0f} s), "
+                f"rebuild after one patch edit {i['rebuild_after_patch_edit_s']:.0f} s"
+            )
+        lines += ["**Image**: " + "; ".join(parts) + ".", ""]
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out: Path) -> list[Path]:
+    made: list[Path] = []
+    if fleet := results.get("fleet"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for forks in sorted({r["forks"] for r in fleet}):
+            rows = sorted((r for r in fleet if r["forks"] == forks), key=lambda r: r["n"])
+            n = [r["n"] for r in rows]
+            ax.plot(n, [r["healthy_s"] for r in rows], "o-", label=f"healthy, forks {forks}")
+            ax.plot(
+                n, [r["patched_frozen_s"] for r in rows], "s-", label=f"patched, 1 % frozen, forks {forks}"
+            )
+            ax.plot(n, [r["stock_bound_s"] for r in rows], "x:", label="stock, 1 % frozen: still running at")
+        ax.set_xlabel("hosts")
+        ax.set_ylabel("wall time (s)")
+        ax.set_title("Fleet run with frozen hosts")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        made.append(out / "fleet.png")
+        fig.tight_layout()
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    if latency := results.get("latency"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = [r["mode"] for r in latency]
+        ax.barh(names, [r["median_s"] or 0 for r in latency], label="median")
+        ax.scatter([r["max_s"] or 0 for r in latency], names, color="black", marker="|", s=200, label="max")
+        ax.set_xlabel("seconds from deadline to failed result")
+        ax.set_title("Detection latency per hang mode")
+        ax.legend(fontsize=8)
+        made.append(out / "latency.png")
+        fig.tight_layout()
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    if o := results.get("overhead"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        pairs = [p["pair"] for p in o["pairs"]]
+        ax.plot(pairs, [p["patched_s"] for p in o["pairs"]], "o-", label="patched")
+        ax.plot(pairs, [p["stock_s"] for p in o["pairs"]], "s-", label="stock")
+        ax.set_xlabel("pair")
+        ax.set_ylabel("wall time (s)")
+        ax.set_title(f"Healthy run, patched vs stock (median ratio {o['median_ratio']:.3f})")
+        ax.legend(fontsize=8)
+        made.append(out / "overhead.png")
+        fig.tight_layout()
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    return made
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    pictures = plots(results, out)
+    md = markdown(results) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pictures) + "\n"
+    (out / "results.md").write_text(md)
