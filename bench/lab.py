@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,25 +116,11 @@ class Bench:
             path.chmod(0o644)
         ee = EEContainer.start(self.session, image, self.network, project, self.key, tag=tag)
         self._containers.append(ee.name)
-        wait_for_entrypoint(ee.name)
         return ee
 
     def drop(self, ee: EEContainer) -> None:
         ee.remove()
         self._containers.remove(ee.name)
-
-
-def wait_for_entrypoint(name: str, timeout: float = 15.0) -> None:
-    """Poll until the builder entrypoint gave the container's uid its passwd entry.
-
-    `docker exec` takes HOME from /etc/passwd at exec time: an exec that wins the race against the
-    entrypoint gets HOME=/ and ansible fails to create ~/.ansible (seen under load).
-    """
-    deadline = time.monotonic() + timeout
-    while docker("exec", name, "sh", "-c", 'getent passwd "$(id -u)"', check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name}: the entrypoint gave no passwd entry within {timeout} s")
-        time.sleep(0.05)
 
 
 def freeze_when_running(fleet: Fleet) -> list[PhaseTrigger]:

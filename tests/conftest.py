@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -41,3 +45,99 @@ def ee_image(engine: str) -> str:
     if probe.returncode != 0:
         pytest.fail(f"image {EE_IMAGE} not found: run `make image` first", pytrace=False)
     return EE_IMAGE
+
+
+# --- integration harness: targets, EE runs, hang scenarios --------------------------------------
+# The helpers live in tests/{dockerctl,targets,hang,runner,scenarios,verdict}.py; the fixtures
+# below own the lifetime of what they create (labelled, removed at teardown even on failure).
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
+
+if TYPE_CHECKING:
+    from scenarios import Lab
+    from targets import Network, SshKey
+
+STOCK_IMAGE = os.environ.get("STOCK_IMAGE", "task-timeout-ee:stock")
+POOL_SIZE = int(os.environ.get("TT_POOL_SIZE", "40"))
+"""Network aliases (= inventory hosts) served by the per-session pool container."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `stock` marker (stock reference runs; deselect with -m "not stock")."""
+    config.addinivalue_line(
+        "markers", "stock: stock-ansible reference runs (evidence, not a check of the patches)"
+    )
+
+
+@pytest.fixture(scope="session")
+def session_id() -> str:
+    """Names and labels everything this session (this xdist worker) creates."""
+    from targets import new_session_id
+
+    return new_session_id()
+
+
+@pytest.fixture(scope="session")
+def swept(engine: str, session_id: str) -> list[str]:
+    """Remove labelled containers/networks of sessions that are over, before creating ours."""
+    from dockerctl import sweep_stale
+
+    return sweep_stale(session_id)
+
+
+@pytest.fixture(scope="session")
+def target_image(engine: str) -> str:
+    """The sshd target image (TARGET_IMAGE, default task-timeout-ee-target:dev; top-level Containerfile)."""
+    from targets import TARGET_IMAGE
+
+    if subprocess.run([engine, "image", "inspect", TARGET_IMAGE], capture_output=True).returncode != 0:
+        pytest.fail(f"image {TARGET_IMAGE} not found: build the top-level Containerfile first", pytrace=False)
+    return TARGET_IMAGE
+
+
+@pytest.fixture(scope="session")
+def stock_image(engine: str) -> str:
+    """The EE built without the patches (STOCK_IMAGE, default task-timeout-ee:stock)."""
+    if subprocess.run([engine, "image", "inspect", STOCK_IMAGE], capture_output=True).returncode != 0:
+        pytest.fail(f"image {STOCK_IMAGE} not found: build the stock EE first", pytrace=False)
+    return STOCK_IMAGE
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshKey]:
+    """A fresh ed25519 keypair for this session (targets.SshKey); the key dir is deleted afterwards."""
+    from targets import make_ssh_key
+
+    directory = tmp_path_factory.mktemp("ssh")
+    yield make_ssh_key(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_network(swept: list[str], session_id: str) -> Iterator[Network]:
+    """A private docker network for this session."""
+    from targets import Network
+
+    net = Network.create(session_id)
+    yield net
+    net.remove()
+
+
+@pytest.fixture(scope="session")
+def lab(
+    target_image: str,
+    session_id: str,
+    session_network: Network,
+    ssh_key: SshKey,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Lab]:
+    """Network + key + one pool container answering for POOL_SIZE healthy hosts (ok01, ok02, ...)."""
+    from scenarios import Lab
+    from targets import start_target
+
+    aliases = [f"ok{i:02d}" for i in range(1, POOL_SIZE + 1)]
+    pool = start_target(session_id, session_network, ssh_key, f"{session_id}-pool", aliases)
+    try:
+        yield Lab(session_id, session_network, ssh_key, pool, tmp_path_factory.mktemp("runs"))
+    finally:
+        pool.remove()
