@@ -220,7 +220,8 @@ def base_env(strategy: str, forks: int) -> dict[str, str]:
     """Environment of every run: our callback, no host key prompts, no colour, a known strategy."""
     return {
         "ANSIBLE_CALLBACK_PLUGINS": f"{PLUGINS_IN_EE}/callback",
-        "ANSIBLE_CALLBACKS_ENABLED": "tt_results",
+        # keep the image's own summary callback enabled next to the test recorder
+        "ANSIBLE_CALLBACKS_ENABLED": "tt_results,task_timeout.ee.task_timeout_summary",
         "TT_RESULTS_FILE": RESULTS_IN_EE,
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_NOCOLOR": "1",
