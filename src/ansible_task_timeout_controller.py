@@ -22,16 +22,25 @@ someone in the middle of writing a result):
   counters and ``register`` work as for any failed task, and the run goes on ("A worker was found
   in a dead state" is no longer raised for supervised workers).
 * **Run guard** (:func:`ensure_run_guard`): a unique run id is put in the controller's environment
-  (inherited by every exec'd descendant: ssh clients, the daemonised ControlPersist masters, module
-  processes) and a small guardian process is started in its own session, holding the read end of a
-  pipe whose write end only the controller holds. Forked workers do not show the id in
-  /proc/<pid>/environ (that is the exec-time block), so the controller registers each worker's pid
-  on the same pipe. When the controller ends in any way (normal exit, SIGTERM, SIGKILL, runner's
-  killpg), the guardian sees EOF and kills every process carrying the run id and every registered
-  worker still alive, then exits. At a normal end of run the controller does the same sweep itself
-  (``atexit``), which is how the ControlPersist masters the run created are closed. Workers also get
-  PR_SET_PDEATHSIG as a belt. Chosen over a cgroup (not writable in an unprivileged EE) and over a
-  process-group kill (workers and mux masters have their own sessions).
+  (inherited by every exec'd descendant: ssh clients, module processes) and a small guardian
+  process is started in its own session, holding the read end of a pipe whose write end only the
+  controller holds. Forked workers do not show the id in /proc/<pid>/environ (that is the
+  exec-time block), so the controller registers each worker's pid on the same pipe. The ssh
+  ControlPersist masters do not show it either: OpenSSH's setproctitle() overwrites their whole
+  argv+environ area with ``ssh: <path> [mux]`` and NULs, and daemon() + setsid() puts them in
+  their own session. So the controller becomes a child subreaper: whatever its workers orphan
+  (the masters, ``cmd &``) re-parents to it, not to PID 1, and stays in its tree while it lives.
+  When the controller ends in any way (normal exit, SIGTERM, SIGKILL, runner's killpg), the
+  guardian sees EOF and kills every process carrying the run id, every registered worker still
+  alive with its descendants, and the ssh clients and masters it saw in the controller's tree
+  (it lists the tree every :data:`GUARD_POLL` seconds; see :class:`_RunWatch` for the race this
+  leaves and how it is bounded), then exits. At a normal end of run the controller does the
+  sweep itself (``atexit``), over the same candidates plus its whole tree, which is how the
+  ControlPersist masters the run created are closed. Workers also get PR_SET_PDEATHSIG as a
+  belt. Chosen over a cgroup (not writable in an unprivileged EE), over a process-group kill
+  (workers and mux masters have their own sessions) and over a per-run ControlPath directory
+  (would change the ssh plugin's configuration, which users override, and still needs the
+  masters' pids to kill a master that ignores ``ssh -O exit``).
 
 Stdlib + psutil only; importable without ansible, so it is unit-tested on the host.
 """
@@ -73,6 +82,9 @@ POLL_INTERVAL = 0.2
 
 SWEEP_GRACE = 2.0
 """Seconds between SIGTERM and SIGKILL when the run's leftovers are swept."""
+
+GUARD_POLL = 0.5
+"""How often the guardian lists the controller's descendants (and checks that it is alive)."""
 
 _HEADER = struct.Struct("!Q")
 _MAX_FRAME = 1 << 31
@@ -506,6 +518,7 @@ class _Guard:
     write_fd: int
     guardian: subprocess.Popen[bytes] | None
     workers: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    worker_pids: set[int] = dataclasses.field(default_factory=set)
 
 
 _guard: _Guard | None = None
@@ -521,12 +534,16 @@ def ensure_run_guard() -> str:
     """Start the guardian once per controller process (before the first worker); return the run id.
 
     A fresh id every time, even if one was inherited (an ansible-playbook run from a task of
-    another run must not sweep its parent's processes at its own end).
+    another run must not sweep its parent's processes at its own end). The controller also becomes
+    a child subreaper: what its workers orphan (above all the daemonised ssh ControlPersist
+    masters, whose proctitle hides the run id) re-parents to it instead of to PID 1, so the
+    controller's end-of-run sweep and the guardian's polls find it in the controller's tree.
     """
     global _guard
     with _guard_lock:
         if _guard is not None and _guard.controller_pid == os.getpid():
             return _guard.run_id
+        ansible_task_timeout.become_subreaper()
         run_id = uuid.uuid4().hex
         os.environ[RUN_ID_ENV] = run_id
         read_fd, write_fd = os.pipe()
@@ -553,7 +570,11 @@ def ensure_run_guard() -> str:
 
 
 def register_worker(pid: int) -> None:
-    """Tell the guardian about a forked worker: its /proc environ does not show the run id."""
+    """Tell the guardian about a forked worker: its /proc environ does not show the run id.
+
+    Also reaps the adopted processes that exited since the last worker started (see
+    :func:`reap_adopted_zombies`).
+    """
     guard = _guard
     if guard is None or guard.controller_pid != os.getpid():
         return
@@ -562,8 +583,39 @@ def register_worker(pid: int) -> None:
     except psutil.Error:
         return
     guard.workers.append((pid, create_time))
+    guard.worker_pids.add(pid)
     with contextlib.suppress(OSError):
         os.write(guard.write_fd, f"W {pid} {create_time!r}\n".encode())
+    reap_adopted_zombies()
+
+
+def reap_adopted_zombies() -> list[int]:
+    """waitpid() the exited daemons the controller adopted as subreaper; return the reaped pids.
+
+    Only zombie children in another session than the controller's that are neither a registered
+    worker nor the guardian. Workers call setsid(), so everything they orphan (ssh ControlPersist
+    masters, ``async_wrapper`` daemons, ``nohup cmd &``) is in another session; the controller's
+    own subprocesses share its session (the few started with a new session, like the ssh of
+    ``meta: reset_connection``, are waited for at once by the same main thread that calls this).
+    So no multiprocessing or subprocess object is robbed of an exit status.
+    """
+    guard = _guard
+    me = os.getpid()
+    if guard is None or guard.controller_pid != me:
+        return []
+    keep = set(guard.worker_pids)
+    if guard.guardian is not None:
+        keep.add(guard.guardian.pid)
+    own_session = os.getsid(0)
+    reaped: list[int] = []
+    for pid in _children(me):
+        stat = _stat(pid)
+        if pid in keep or stat is None or stat.state != "Z" or stat.session == own_session:
+            continue
+        with contextlib.suppress(OSError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+    return reaped
 
 
 def forget_run_guard_in_child() -> None:
@@ -585,22 +637,27 @@ def note_interrupted() -> None:
     _interrupted = True
 
 
+def _is_ssh_cmdline(cmdline: list[str]) -> bool:
+    return bool(cmdline) and (
+        os.path.basename(cmdline[0]) in {"ssh", "sshpass"} or _mux_path(cmdline) is not None
+    )
+
+
 def _is_ssh(proc: psutil.Process) -> bool:
     """An ssh client or ControlPersist master (what a normal end of run closes)."""
     with contextlib.suppress(psutil.Error):
-        cmdline = proc.cmdline()
-        return bool(cmdline) and (
-            os.path.basename(cmdline[0]) in {"ssh", "sshpass"} or bool(_mux_socket(cmdline))
-        )
+        return _is_ssh_cmdline(proc.cmdline())
     return False
 
 
 def end_of_run_sweep() -> None:
     """At the controller's exit (atexit): close what the run left behind, then release the guardian.
 
-    A normal end closes the ssh ControlPersist masters (and clients) of the run and any worker still
-    alive, but spares what a local task deliberately left running (``nohup ... &``); after SIGINT or
-    SIGTERM everything of the run is ended, as the guardian does when the controller dies.
+    Candidates are the processes carrying the run id, the registered workers and every descendant
+    of the controller (as subreaper it adopted the daemonised ssh masters, which carry no run id).
+    A normal end closes the ssh ControlPersist masters and clients among them and any worker still
+    alive, but spares what a local task deliberately left running (``nohup ... &``); after SIGINT
+    or SIGTERM everything of the run is ended, as the guardian does when the controller dies.
     """
     global _guard
     guard = _guard
@@ -609,13 +666,20 @@ def end_of_run_sweep() -> None:
     exclude = {os.getpid()}
     if guard.guardian is not None:
         exclude.add(guard.guardian.pid)
-    sweep(guard.run_id, guard.workers, exclude, only=None if _interrupted else _is_ssh)
+    sweep(
+        guard.run_id,
+        guard.workers,
+        exclude,
+        only=None if _interrupted else _is_ssh,
+        roots=lambda: [os.getpid()],
+    )
     with contextlib.suppress(OSError):
         os.write(guard.write_fd, b"Q\n")  # done: the guardian exits without sweeping
         os.close(guard.write_fd)
     if guard.guardian is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             guard.guardian.wait(timeout=SWEEP_GRACE * 3)
+    reap_adopted_zombies()
     _guard = None
 
 
@@ -627,11 +691,16 @@ def _carries_run_id(proc: psutil.Process, run_id: str) -> bool:
 
 
 def find_run_processes(
-    run_id: str, workers: Iterable[tuple[int, float]], exclude: set[int]
+    run_id: str,
+    workers: Iterable[tuple[int, float]],
+    exclude: set[int],
+    also: Callable[[int], bool] | None = None,
 ) -> list[psutil.Process]:
-    """Live processes of the run: carrying `run_id` in their environ, or registered workers.
+    """Live processes of the run: carrying `run_id` in their environ, registered workers, or `also`.
 
-    Local ``async`` jobs (under an ``async_wrapper``) are spared: outliving the play is their point.
+    `also` (a pid predicate) adds what the run id cannot show: descendants of the controller or of
+    a worker, and the ssh masters the guardian remembered. Local ``async`` jobs (under an
+    ``async_wrapper``) are spared: outliving the play is their point.
     """
     wanted = {pid: ctime for pid, ctime in workers}
     found: list[psutil.Process] = []
@@ -641,15 +710,28 @@ def find_run_processes(
         if proc.pid in exclude or info.get("status") == psutil.STATUS_ZOMBIE:
             continue
         cmdline = " ".join(info.get("cmdline") or [])
-        if "async_wrapper" in cmdline and _carries_run_id(proc, run_id):
+        if "async_wrapper" in cmdline and (_carries_run_id(proc, run_id) or (also and also(proc.pid))):
             spared.add(proc.pid)
             with contextlib.suppress(psutil.Error):
                 spared.update(child.pid for child in proc.children(recursive=True))
             continue
         registered = proc.pid in wanted and abs(wanted[proc.pid] - (info.get("create_time") or 0)) < 0.05
-        if registered or _carries_run_id(proc, run_id):
+        if registered or _carries_run_id(proc, run_id) or (also is not None and also(proc.pid)):
             found.append(proc)
     return [proc for proc in found if proc.pid not in spared]
+
+
+def _live_workers(workers: Iterable[tuple[int, float]]) -> list[int]:
+    """The registered workers still alive (same pid and create_time)."""
+    alive: list[int] = []
+    existing = set(psutil.pids())  # a long run registers many workers: look only at live pids
+    for pid, ctime in workers:
+        if pid not in existing:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if abs(psutil.Process(pid).create_time() - ctime) < 0.05:
+                alive.append(pid)
+    return alive
 
 
 def sweep(
@@ -658,17 +740,28 @@ def sweep(
     exclude: set[int],
     grace: float = SWEEP_GRACE,
     only: Callable[[psutil.Process], bool] | None = None,
+    roots: Callable[[], Iterable[int]] | None = None,
+    also: Callable[[int], bool] | None = None,
 ) -> list[int]:
     """SIGTERM, then SIGKILL, the processes of the run; repeat while new ones appear. Return the pids.
 
-    Registered workers are always included; other processes carrying the run id only if `only`
+    Candidates: processes carrying the run id, the registered workers, the descendants of the
+    registered workers and of `roots()` (listed afresh each round, before anything is signalled),
+    and what `also` accepts. Registered workers are always included; the others only if `only`
     (a filter) is None or accepts them.
     """
     workers = list(workers)
     worker_pids = {pid for pid, _ctime in workers}
     ended: list[int] = []
     for _round in range(5):
-        procs = find_run_processes(run_id, workers, exclude)
+        tree: set[int] = set()
+        for root in [*_live_workers(workers), *(roots() if roots is not None else ())]:
+            tree.update(descendants(root))
+
+        def member(pid: int, tree: set[int] = tree) -> bool:
+            return pid in tree or (also is not None and also(pid))
+
+        procs = find_run_processes(run_id, workers, exclude, member)
         if only is not None:
             procs = [p for p in procs if p.pid in worker_pids or only(p)]
         if not procs:
@@ -691,13 +784,196 @@ def sweep(
     return ended
 
 
+def _mux_path(cmdline: list[str]) -> str | None:
+    """The socket of an ssh ControlPersist master from its proctitle ``ssh: <path> [mux]``.
+
+    OpenSSH's setproctitle() writes the title over argv and pads the rest of the argv+environ area
+    with NULs, so psutil shows ``["ssh: <path> [mux]", "", "", ...]``: look at the first word.
+    """
+    if not cmdline:
+        return None
+    text = cmdline[0].strip()
+    if text.startswith("ssh: ") and text.endswith(" [mux]"):
+        return text[len("ssh: ") : -len(" [mux]")].strip() or None
+    return None
+
+
 def _mux_socket(cmdline: list[str]) -> set[str]:
     """The socket of an ssh ControlPersist master (proctitle ``ssh: <path> [mux]``), or of a client."""
     found = ansible_task_timeout.control_paths_from_cmdline(cmdline)
-    text = " ".join(cmdline)
-    if text.startswith("ssh: ") and text.endswith("[mux]"):
-        found.add(text[len("ssh: ") : -len("[mux]")].strip())
+    if (path := _mux_path(cmdline)) is not None:
+        found.add(path)
     return found
+
+
+# --------------------------------------------------------------------------- /proc, cheaply
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stat:
+    state: str
+    ppid: int
+    session: int
+    starttime: int  # clock ticks after boot (CLOCK_BOOTTIME): exact, unlike psutil's float
+    comm: bytes
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_proc_children_ok: bool | None = None
+
+
+def _stat(pid: int) -> _Stat | None:
+    """/proc/<pid>/stat, parsed (one read); None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        rpar = data.rindex(b")")
+        fields = data[rpar + 2 :].split()
+        comm = data[data.index(b"(") + 1 : rpar]
+        return _Stat(fields[0].decode(), int(fields[1]), int(fields[3]), int(fields[19]), comm)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _now_ticks() -> int:
+    """Now, in the clock and unit of /proc/<pid>/stat's starttime."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).cmdline()
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid` from /proc/<pid>/task/*/children (no scan of the process table)."""
+    global _proc_children_ok
+    if _proc_children_ok is None:
+        me = os.getpid()
+        _proc_children_ok = os.path.exists(f"/proc/{me}/task/{me}/children")
+    if not _proc_children_ok:  # kernel without CONFIG_PROC_CHILDREN: psutil scans /proc
+        try:
+            return [child.pid for child in psutil.Process(pid).children()]
+        except psutil.Error:
+            return []
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            found.extend(int(word) for word in f.read().split())
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of `pid` (children, grandchildren, ...), found by walking down the tree."""
+    found: list[int] = []
+    seen = {pid}
+    todo = [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+# --------------------------------------------------------------------------- the guardian
+
+
+class _RunWatch:
+    """What the guardian learns about the run while the controller lives (polled every GUARD_POLL).
+
+    OpenSSH's setproctitle() overwrites a ControlPersist master's whole argv+environ area, so
+    /proc/<pid>/environ of a master never shows the run id, and daemon() puts it in its own
+    session. While the controller lives it is the master's subreaper, so the master is in the
+    controller's tree: each poll lists the controller's descendants (via
+    /proc/<pid>/task/*/children, not a scan of the whole process table) and remembers (pid,
+    starttime) of every ssh client and ``ssh: <path> [mux]`` master, and the directories of their
+    ControlPaths. After the controller's death those still alive with the same starttime are
+    killed (a reused pid is never hit).
+
+    Remaining race: a master born after the last poll that listed the tree, right before a SIGKILL
+    of the controller, was never seen. Bounded by :meth:`race_master`: after the death, a process
+    is also killed if it is an ``ssh: <path> [mux]`` master, started after the start of the
+    poll before the last one (and after the controller) and no later than the death plus one
+    sweep grace, is an orphan (its parent is PID 1 or one of the controller's ancestors, where the
+    kernel re-parents orphans when the subreaper dies; another live run's masters have that run's
+    controller or worker as parent), and has its socket in a directory where this run's ssh
+    processes had theirs (or ansible's default ``~/.ansible/cp``). Left: such a master of an
+    unpatched concurrent run, born in that second or two in the same directory.
+    """
+
+    def __init__(self, controller_pid: int) -> None:
+        self.controller_pid = controller_pid
+        stat = _stat(controller_pid)
+        self.controller_start = stat.starttime if stat is not None else 0
+        self.ancestors: set[int] = {1}
+        pid = stat.ppid if stat is not None else 0
+        while pid > 1 and pid not in self.ancestors:
+            self.ancestors.add(pid)
+            parent = _stat(pid)
+            pid = parent.ppid if parent is not None else 0
+        self.known: dict[int, tuple[int, bytes, bool]] = {}  # pid -> (starttime, comm, is ssh)
+        self.remembered: dict[int, int] = {}  # pid -> starttime of the ssh processes seen
+        default = os.environ.get("ANSIBLE_SSH_CONTROL_PATH_DIR") or "~/.ansible/cp"
+        self.dirs: set[str] = {os.path.realpath(os.path.expanduser(default))}
+        self.polls: list[int] = []  # start (ticks) of the last two polls
+        self.window_end: int | None = None
+
+    def poll(self) -> None:
+        """List the controller's descendants; remember the ssh clients and masters among them."""
+        start = _now_ticks()
+        known: dict[int, tuple[int, bytes, bool]] = {}
+        for pid in descendants(self.controller_pid):
+            stat = _stat(pid)
+            if stat is None or stat.state == "Z":
+                continue
+            entry = self.known.get(pid)
+            if entry is None or entry[:2] != (stat.starttime, stat.comm):  # new, or exec'd since
+                cmdline = _cmdline(pid) or []
+                is_ssh = _is_ssh_cmdline(cmdline)
+                if is_ssh:
+                    self.remembered[pid] = stat.starttime
+                    self.dirs.update(os.path.dirname(path) for path in _mux_socket(cmdline))
+                entry = (stat.starttime, stat.comm, is_ssh)
+            known[pid] = entry
+        self.known = known
+        for pid, starttime in list(self.remembered.items()):
+            if pid not in known and not self._same(pid, starttime):
+                del self.remembered[pid]
+        self.polls = [*self.polls[-1:], start]
+
+    def controller_died(self) -> None:
+        self.window_end = _now_ticks() + int((SWEEP_GRACE + 1.0) * _CLK_TCK)
+
+    @staticmethod
+    def _same(pid: int, starttime: int) -> bool:
+        stat = _stat(pid)
+        return stat is not None and stat.state != "Z" and stat.starttime == starttime
+
+    def belongs(self, pid: int) -> bool:
+        """After the controller's death: a remembered ssh process, or a master of the race window."""
+        starttime = self.remembered.get(pid)
+        if starttime is not None and self._same(pid, starttime):
+            return True
+        return self.race_master(pid)
+
+    def race_master(self, pid: int) -> bool:
+        """A master that may have been born after the last poll that could have seen it."""
+        stat = _stat(pid)
+        if stat is None or stat.state == "Z" or stat.comm != b"ssh":
+            return False
+        low = max(self.polls[-2], self.controller_start) if len(self.polls) == 2 else self.controller_start
+        high = self.window_end if self.window_end is not None else _now_ticks()
+        if not low <= stat.starttime <= high or stat.ppid not in self.ancestors:
+            return False
+        path = _mux_path(_cmdline(pid) or [])
+        return path is not None and os.path.dirname(path) in self.dirs
 
 
 def guardian_main() -> None:
@@ -705,7 +981,8 @@ def guardian_main() -> None:
 
     argv: run id, controller pid, read fd. Lines ``W <pid> <create_time>`` register workers. EOF on
     the pipe, or the controller's pid gone (should a stray process still hold the write end), means
-    the controller ended.
+    the controller ended. Every GUARD_POLL seconds while it lives, :class:`_RunWatch` records the
+    ssh processes in its tree, which the sweep after its death adds to the run id and the workers.
     """
     run_id, controller_pid, fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     with contextlib.suppress(OSError):
@@ -717,13 +994,22 @@ def guardian_main() -> None:
         controller = psutil.Process(controller_pid)
     except psutil.Error:
         controller = None
+    watch = _RunWatch(controller_pid)
+    next_poll = 0.0
     while controller is not None:
-        ready, _w, _x = select.select([fd], [], [], 1.0)
+        now = time.monotonic()
+        if now >= next_poll:
+            try:
+                if not controller.is_running() or controller.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.Error:
+                break
+            watch.poll()
+            next_poll = time.monotonic() + GUARD_POLL
+            continue
+        ready, _w, _x = select.select([fd], [], [], next_poll - now)
         if not ready:
-            with contextlib.suppress(psutil.Error):
-                if controller.is_running() and controller.status() != psutil.STATUS_ZOMBIE:
-                    continue
-            break
+            continue
         chunk = os.read(fd, 65536)
         if not chunk:
             break
@@ -736,4 +1022,5 @@ def guardian_main() -> None:
             elif parts == [b"Q"]:
                 normal_end = True  # the controller swept at its own exit
     if not normal_end:
-        sweep(run_id, workers.items(), {os.getpid()})
+        watch.controller_died()
+        sweep(run_id, workers.items(), {os.getpid()}, also=watch.belongs)

@@ -49,8 +49,10 @@ print(json.dumps(rows))
 """
 
 
-STRICT_MUX = os.environ.get("TT_STRICT_MUX", "0") == "1"
-"""TT_STRICT_MUX=1: every ControlPersist master left after a run is a leftover, even a healthy one."""
+STRICT_MUX = os.environ.get("TT_STRICT_MUX", "1") == "1"
+"""Every ControlPersist master left after a run is a leftover, even a healthy host's: the patched
+controller closes the masters of its run at the end. TT_STRICT_MUX=0 tolerates healthy hosts'
+masters (stock ControlPersist=60s behaviour), for runs against stock ansible-core."""
 
 
 def is_mux_master(proc: dict[str, Any]) -> bool:
@@ -61,7 +63,7 @@ def is_mux_master(proc: dict[str, Any]) -> bool:
 def is_expected_process(proc: dict[str, Any], healthy_ips: frozenset[str] = frozenset()) -> bool:
     """True for what may stay in the EE container after a run.
 
-    Always: PID 1 (tini) and its `sleep infinity`. Unless TT_STRICT_MUX=1, also a ControlPersist
+    Always: PID 1 (tini) and its `sleep infinity`. With TT_STRICT_MUX=0, also a ControlPersist
     master whose only TCP peer is a *healthy* host (`healthy_ips`): that is stock ControlPersist=60s
     behaviour, not a leak. Everything else (an ssh client, the hung host's master, a zombie, a worker,
     a module left running by a local action) is a leftover.

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
@@ -133,3 +136,233 @@ def test_controller_items_and_close() -> None:
     channels.close()
     with pytest.raises(EOFError):
         channels.get(timeout=0.05)
+
+
+# --------------------------------------------------------------------------- the run guard and ssh masters
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+# A stand-in for ansible-playbook: starts the run guard (subreaper + guardian) or, with "plain",
+# only becomes a subreaper; then obeys one command per stdin line and answers one line.
+CONTROLLER = r"""
+import os, shutil, subprocess, sys
+sys.path.insert(0, SRC)
+import ansible_task_timeout, ansible_task_timeout_controller as ctl
+
+if sys.argv[1] == "guard":
+    ctl.ensure_run_guard()
+    print(ctl._guard.guardian.pid, flush=True)
+else:
+    ansible_task_timeout.become_subreaper()
+    print(0, flush=True)
+
+def daemon(argv0, exe):
+    # OpenSSH's ControlPersist: fork, then daemon() (fork, the middle one exits, setsid); `env -i`
+    # because setproctitle() leaves nothing of the run id in the master's /proc environ either
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            os.setsid()
+            bash = shutil.which("bash")
+            os.execv("/usr/bin/env", ["env", "-i", bash, "-c", 'exec -a "$1" "$2" 300', "bash", argv0, exe])
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+for line in sys.stdin:
+    cmd, _, arg = line.rstrip("\n").partition(" ")
+    if cmd == "master":  # arg: the master's socket path; its executable is called ssh (comm "ssh")
+        daemon(f"ssh: {arg} [mux]", SSH)
+    elif cmd == "keep":  # a daemonised local job that is not ssh (nohup ... &)
+        daemon(arg, shutil.which("sleep"))
+    elif cmd == "interrupt":
+        ctl.note_interrupted()
+    elif cmd == "sweep":
+        ctl.end_of_run_sweep()
+    elif cmd == "own":  # the controller's own subprocess, not yet waited for: never to be reaped
+        own = subprocess.Popen(["sh", "-c", "exit 7"])
+        print(own.pid, flush=True)
+        continue
+    elif cmd == "own-wait":
+        print(own.wait(), flush=True)
+        continue
+    elif cmd == "reap":
+        print(" ".join(map(str, ctl.reap_adopted_zombies())), flush=True)
+        continue
+    print("ok", flush=True)
+"""
+
+
+class Controller:
+    def __init__(self, tmp_path: Path, mode: str) -> None:
+        ssh = tmp_path / "bin" / "ssh"
+        ssh.parent.mkdir(exist_ok=True)
+        ssh.symlink_to(shutil.which("sleep") or "/usr/bin/sleep")
+        code = CONTROLLER.replace("SRC", repr(SRC), 1).replace("SSH)", f"{str(ssh)!r})", 1)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", code, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.pid = self.popen.pid
+        self.guardian = int(self.ask(""))
+
+    def ask(self, command: str) -> str:
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        if command:
+            self.popen.stdin.write(command + "\n")
+            self.popen.stdin.flush()
+        return self.popen.stdout.readline().strip()
+
+    def spawn(self, command: str, argv0: str) -> psutil.Process:
+        assert self.ask(f"{command} {argv0}") == "ok"
+        title = f"ssh: {argv0} [mux]" if command == "master" else argv0
+        return find_by_argv0(title)
+
+
+def find_by_argv0(title: str, timeout: float = 5.0) -> psutil.Process:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for proc in psutil.process_iter(["cmdline"]):
+            if (proc.info["cmdline"] or [""])[0] == title:
+                return proc
+        time.sleep(0.02)
+    raise AssertionError(f"no process {title!r}")
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pid_ended(pid: int, timeout: float = 10) -> bool:
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    wait_dead([proc], timeout)
+    return not alive(proc)
+
+
+def wait_dead(procs: list[psutil.Process], timeout: float) -> float:
+    start = time.monotonic()
+    while any(alive(p) for p in procs) and time.monotonic() - start < timeout:
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def controllers(tmp_path: Path) -> Iterator[Callable[[str], Controller]]:
+    """Start stand-in controllers; at teardown kill them and whatever they left under tmp_path."""
+    started: list[Controller] = []
+
+    def start(mode: str) -> Controller:
+        started.append(Controller(tmp_path, mode))
+        return started[-1]
+
+    yield start
+    for ctrl in started:
+        for pid in (ctrl.pid, ctrl.guardian):
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        ctrl.popen.wait()
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(tmp_path) in " ".join(proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def test_mux_master_title_as_psutil_shows_it() -> None:
+    # OpenSSH's setproctitle pads the argv+environ area with NULs: psutil gives many empty args
+    cmdline = ["ssh: /home/u/.ansible/cp/d0f01bc24b [mux]", "", "", ""]
+    assert ctl._mux_path(cmdline) == "/home/u/.ansible/cp/d0f01bc24b"
+    assert ctl._mux_socket(cmdline) == {"/home/u/.ansible/cp/d0f01bc24b"}
+    assert ctl._is_ssh_cmdline(cmdline)
+    assert ctl._is_ssh_cmdline(["/usr/bin/ssh", "-o", "ControlPath=/x/cp/1", "host"])
+    assert not ctl._is_ssh_cmdline(["sleep", "300"])
+
+
+def test_guardian_kills_hidden_mux_masters_when_the_controller_is_sigkilled(
+    controllers: Callable[[str], Controller], tmp_path: Path
+) -> None:
+    ctrl = controllers("guard")
+    seen = ctrl.spawn("master", f"{tmp_path}/cp/seen")
+    assert seen.ppid() == ctrl.pid  # the controller is its subreaper
+    assert os.getsid(seen.pid) == seen.pid and ctl.RUN_ID_ENV not in seen.environ()
+    time.sleep(3 * ctl.GUARD_POLL)  # the guardian has listed the controller's tree
+    late = ctrl.spawn("master", f"{tmp_path}/cp/late")  # born right before the kill: maybe never listed
+    os.kill(ctrl.pid, signal.SIGKILL)
+    elapsed = wait_dead([seen, late], 10)
+    assert not alive(seen) and not alive(late)
+    assert elapsed < ctl.GUARD_POLL + ctl.SWEEP_GRACE + 1.5
+    assert pid_ended(ctrl.guardian)  # and the guardian is gone
+
+
+def test_race_window_master_is_recognised_but_not_another_directory(
+    controllers: Callable[[str], Controller], tmp_path: Path
+) -> None:
+    ctrl = controllers("plain")  # a subreaper without a guardian: the watch is driven by hand
+    watch = ctl._RunWatch(ctrl.pid)
+    seen = ctrl.spawn("master", f"{tmp_path}/cp/seen")
+    watch.poll()
+    watch.poll()
+    assert seen.pid in watch.remembered and f"{tmp_path}/cp" in watch.dirs
+    late = ctrl.spawn("master", f"{tmp_path}/cp/late")  # after the last poll: never listed
+    stranger = ctrl.spawn("master", f"{tmp_path}/other/x")  # same window, unknown directory
+    keep = ctrl.spawn("keep", f"{tmp_path}-keep")
+    os.kill(ctrl.pid, signal.SIGKILL)
+    ctrl.popen.wait()
+    watch.controller_died()
+    end = time.monotonic() + 5
+    while late.ppid() == ctrl.pid and time.monotonic() < end:
+        time.sleep(0.01)  # re-parenting to the next reaper up happens as the controller exits
+    assert late.pid not in watch.remembered
+    assert watch.belongs(seen.pid) and watch.belongs(late.pid)
+    assert not watch.belongs(stranger.pid) and not watch.belongs(keep.pid)
+    assert not watch.belongs(os.getpid()) and not watch.belongs(1)
+
+
+def test_normal_end_closes_adopted_masters_and_spares_local_jobs(
+    controllers: Callable[[str], Controller], tmp_path: Path
+) -> None:
+    ctrl = controllers("guard")
+    (tmp_path / "cp").mkdir()
+    socket = tmp_path / "cp" / "m"
+    socket.touch()
+    master = ctrl.spawn("master", str(socket))
+    keep = ctrl.spawn("keep", f"{tmp_path}-keep")
+    assert ctrl.ask("sweep") == "ok"
+    assert not alive(master) and not socket.exists()
+    assert alive(keep)
+    assert pid_ended(ctrl.guardian)  # released, without sweeping
+    time.sleep(0.5)
+    assert alive(keep)
+
+
+def test_interrupted_end_ends_every_adopted_process(
+    controllers: Callable[[str], Controller], tmp_path: Path
+) -> None:
+    ctrl = controllers("guard")
+    master = ctrl.spawn("master", f"{tmp_path}/cp/m")
+    keep = ctrl.spawn("keep", f"{tmp_path}-keep")
+    assert ctrl.ask("interrupt") == "ok"
+    assert ctrl.ask("sweep") == "ok"
+    assert not alive(master) and not alive(keep)
+
+
+def test_adopted_daemons_are_reaped_not_left_defunct(
+    controllers: Callable[[str], Controller], tmp_path: Path
+) -> None:
+    ctrl = controllers("guard")
+    master = ctrl.spawn("master", f"{tmp_path}/cp/m")
+    own = psutil.Process(int(ctrl.ask("own")))
+    master.kill()
+    end = time.monotonic() + 5
+    while {master.status(), own.status()} != {psutil.STATUS_ZOMBIE} and time.monotonic() < end:
+        time.sleep(0.01)
+    assert master.status() == psutil.STATUS_ZOMBIE and master.ppid() == ctrl.pid
+    assert own.status() == psutil.STATUS_ZOMBIE
+    assert ctrl.ask("reap") == str(master.pid)
+    assert not psutil.pid_exists(master.pid)
+    assert ctrl.ask("own-wait") == "7"  # the controller's own subprocess kept its exit status
+    assert psutil.Process(ctrl.guardian).status() != psutil.STATUS_ZOMBIE  # its own child: untouched

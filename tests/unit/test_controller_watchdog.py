@@ -463,3 +463,78 @@ def test_normal_end_spares_intended_background_but_ends_workers(tmp_path: Path) 
     finally:
         for p in sleeps("321"):
             p.kill()
+
+
+# --------------------------------------------------------------------------- ssh ControlPersist masters
+
+# What ssh's ControlPersist leaves on the controller: a daemonised process (orphaned, own session)
+# titled "ssh: <path> [mux]" whose /proc environ shows no run id (OpenSSH's setproctitle() wipes
+# argv and environ). Its executable is called ssh, so its comm is "ssh" as well.
+MASTERS_PLAY = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: master
+      shell: >-
+        ( env -i setsid bash -c 'exec -a "$0" "$1" 327' "ssh: CP/{{ inventory_hostname }} [mux]" SSH
+        </dev/null >/dev/null 2>&1 & )
+    - name: hold
+      shell: "exec sleep 329"
+      when: HOLD
+"""
+
+
+def masters(tmp_path: Path) -> list[psutil.Process]:
+    prefix = f"ssh: {tmp_path}/cp/"
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if (proc.info["cmdline"] or [""])[0].startswith(prefix) and proc.info[
+            "status"
+        ] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def write_masters_project(tmp_path: Path, hold: bool) -> dict[str, str]:
+    ssh = tmp_path / "bin" / "ssh"
+    ssh.parent.mkdir()
+    ssh.symlink_to(shutil.which("sleep") or "/usr/bin/sleep")
+    play = MASTERS_PLAY.replace("CP", f"{tmp_path}/cp").replace("SSH", str(ssh)).replace("HOLD", str(hold))
+    return write_project(tmp_path, play)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "killpg-SIGKILL", "SIGKILL"])
+def test_controller_death_ends_daemonised_ssh_masters(tmp_path: Path, how: str) -> None:
+    env = write_masters_project(tmp_path, hold=True)
+    proc = start_playbook(tmp_path, env)
+    try:
+        wait_for(
+            lambda: len(masters(tmp_path)) == len(HOSTS) and len(sleeps("329")) == len(HOSTS), 60, "masters"
+        )
+        for master in masters(tmp_path):
+            assert RUN_ID_ENV not in master.environ()  # only the controller's tree tells it is the run's
+            assert master.ppid() == proc.pid  # adopted by the controller (subreaper)
+        time.sleep(3 * controller.GUARD_POLL)  # listed by the guardian
+        _kill(how, proc)
+        proc.communicate(timeout=30)
+        start = time.monotonic()
+        wait_for(lambda: not masters(tmp_path), 15, "the masters to be gone")
+        print(f"\nmasters after {how}: gone {time.monotonic() - start:.2f} s after the controller")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for p in masters(tmp_path) + sleeps("329"):
+            p.kill()
+
+
+def test_normal_end_closes_daemonised_ssh_masters(tmp_path: Path) -> None:
+    env = write_masters_project(tmp_path, hold=False)
+    proc = start_playbook(tmp_path, env)
+    out, _ = proc.communicate(timeout=60)
+    try:
+        assert proc.returncode == 0, out
+        assert masters(tmp_path) == []
+    finally:
+        for p in masters(tmp_path):
+            p.kill()
