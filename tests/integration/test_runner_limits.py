@@ -11,8 +11,8 @@ Each test drives `ansible_runner.run()` from a small Python driver inside a long
 container while one target is frozen (docker pause) mid-module and no task limit is set, so only
 runner's limit can end the job. Then the job must have ended with runner's status (`timeout`,
 `canceled`) in time, and nothing of the run may be alive in the container (psutil inside it).
-The image does not guarantee the last part yet: that needs the controller-shutdown patch (a
-worker that notices its controller died: PR_SET_PDEATHSIG plus a tree kill), hence strict xfail.
+The run guard of the controller-shutdown patch (patches/0006-0008, a guardian process that ends
+everything of the run when ansible-playbook dies) is what makes that last part hold.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ IDLE_TIMEOUT_S = 10
 RUNNER_POLL_S = 5.0
 """ansible-runner checks its limits once per pexpect wait (5 s): its own slack."""
 OUTER_LIMIT_S = 120.0
-LEAK_XFAIL = pytest.mark.xfail(
-    strict=True, reason="worker outlives runner killpg: fixed by the controller-shutdown patch"
-)
 _n = itertools.count(1)
 
 DRIVER = r'''
@@ -129,11 +126,9 @@ def assert_nothing_left(leftovers: list[dict[str, Any]], note: str) -> None:
 @pytest.mark.parametrize(
     ("mode", "status", "lower_s", "upper_s"),
     [
-        pytest.param(
-            "job_timeout", "timeout", JOB_TIMEOUT_S, JOB_TIMEOUT_S + RUNNER_POLL_S + 5, marks=LEAK_XFAIL
-        ),
-        pytest.param("idle_timeout", "timeout", IDLE_TIMEOUT_S, 60.0, marks=LEAK_XFAIL),
-        pytest.param("cancel", "canceled", 0.0, 30.0, marks=LEAK_XFAIL),
+        ("job_timeout", "timeout", JOB_TIMEOUT_S, JOB_TIMEOUT_S + RUNNER_POLL_S + 5),
+        ("idle_timeout", "timeout", IDLE_TIMEOUT_S, 60.0),
+        ("cancel", "canceled", 0.0, 30.0),
     ],
 )
 def test_runner_limit_leaves_nothing_behind(
