@@ -222,8 +222,7 @@ def base_env(strategy: str, forks: int) -> dict[str, str]:
     """Environment of every run: our callback, no host key prompts, no colour, a known strategy."""
     return {
         "ANSIBLE_CALLBACK_PLUGINS": f"{PLUGINS_IN_EE}/callback",
-        # keep the image's own summary callback enabled next to the test recorder
-        "ANSIBLE_CALLBACKS_ENABLED": "tt_results,task_timeout.ee.task_timeout_summary",
+        "ANSIBLE_CALLBACKS_ENABLED": "tt_results",
         "TT_RESULTS_FILE": RESULTS_IN_EE,
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_NOCOLOR": "1",
