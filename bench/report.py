@@ -38,7 +38,7 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
         f"Measured {results['date']} on {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"Docker {m['docker']}; `make bench {results['args']}` took {results['duration_s'] / 60:.1f} min.",
+        f"Docker {m['docker']}; `make bench{' BENCH_ARGS=' + repr(results['args']) if results['args'] else ''}` took {results['duration_s'] / 60:.1f} min.",
         "",
     ]
     if results.get("fleet"):
@@ -80,6 +80,13 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
     made: list[Path] = []
     if fleet := results.get("fleet"):
@@ -91,16 +98,13 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.plot(
                 n, [r["patched_frozen_s"] for r in rows], "s-", label=f"patched, 1 % frozen, forks {forks}"
             )
-            ax.plot(n, [r["stock_bound_s"] for r in rows], "x:", label="stock, 1 % frozen: still running at")
+            ax.plot(n, [r["stock_bound_s"] for r in rows], "x:", label="stock, 1 % frozen: killed unfinished at")
         ax.set_xlabel("hosts")
         ax.set_ylabel("wall time (s)")
         ax.set_title("Fleet run with frozen hosts")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        made.append(out / "fleet.png")
-        fig.tight_layout()
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, out / "fleet.png"))
     if latency := results.get("latency"):
         fig, ax = plt.subplots(figsize=(7, 4))
         names = [r["mode"] for r in latency]
@@ -109,10 +113,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("seconds from deadline to failed result")
         ax.set_title("Detection latency per hang mode")
         ax.legend(fontsize=8)
-        made.append(out / "latency.png")
-        fig.tight_layout()
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, out / "latency.png"))
     if o := results.get("overhead"):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         pairs = [p["pair"] for p in o["pairs"]]
@@ -122,10 +123,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("wall time (s)")
         ax.set_title(f"Healthy run, patched vs stock (median ratio {o['median_ratio']:.3f})")
         ax.legend(fontsize=8)
-        made.append(out / "overhead.png")
-        fig.tight_layout()
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, out / "overhead.png"))
     return made
 
 
