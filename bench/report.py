@@ -36,9 +36,10 @@ def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
+    command = "make bench" + (f" BENCH_ARGS='{results['args']}'" if results["args"] else "")
     lines = [
         f"Measured {results['date']} on {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"Docker {m['docker']}; `make bench{' BENCH_ARGS=' + repr(results['args']) if results['args'] else ''}` took {results['duration_s'] / 60:.1f} min.",
+        f"Docker {m['docker']}; `{command}` took {results['duration_s'] / 60:.1f} min.",
         "",
     ]
     if results.get("fleet"):
@@ -98,7 +99,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.plot(
                 n, [r["patched_frozen_s"] for r in rows], "s-", label=f"patched, 1 % frozen, forks {forks}"
             )
-            ax.plot(n, [r["stock_bound_s"] for r in rows], "x:", label="stock, 1 % frozen: killed unfinished at")
+            ax.plot(n, [r["stock_bound_s"] for r in rows], "x:", label="stock, 1 % frozen: unfinished at")
         ax.set_xlabel("hosts")
         ax.set_ylabel("wall time (s)")
         ax.set_title("Fleet run with frozen hosts")
