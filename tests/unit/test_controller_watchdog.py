@@ -57,7 +57,7 @@ class ActionModule(ActionBase):
             seed = self._task.args["seed"]
             code = (
                 "import hashlib, sys, time\\n"
-                "time.sleep(0.25)\\n"  # a window in which the test finds this trial's worker
+                "time.sleep(1.0)\\n"  # a window in which the test finds this trial's worker
                 "seed = sys.argv[1].encode(); out = bytearray()\\n"
                 "while len(out) < %d:\\n"
                 "    out += hashlib.sha256(seed + str(len(out)).encode()).hexdigest().encode()\\n"
@@ -300,7 +300,10 @@ def _kill_one_worker_per_trial(
             return
         if not isinstance(found, psutil.Process):
             continue
-        time.sleep(rng.uniform(0.0, 0.45))  # the random instant: not synchronisation
+        # The random instant: anywhere in the worker's remaining life (the 1 s window, then the
+        # output and the write of its 200 KiB result); not synchronisation. With a shorter window
+        # the worker had often finished first under load, and too few trials had a victim.
+        time.sleep(rng.uniform(0.0, 1.1))
         signum = signal.SIGKILL if len(kills) % 2 == 0 else signal.SIGTERM
         try:
             found.send_signal(signum)  # psutil refuses if the pid was reused meanwhile
