@@ -63,7 +63,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import psutil
 
@@ -85,6 +85,13 @@ SWEEP_GRACE = 2.0
 
 GUARD_POLL = 0.5
 """How often the guardian lists the controller's descendants (and checks that it is alive)."""
+
+REAP_INTERVAL = 1.0
+"""Least seconds between two scans for adopted zombies as workers start.
+
+A scan stats every child of the controller, and with ControlPersist every host of the run has a
+live master among them: scanning at each of thousands of worker starts made the cost per host
+grow with the fleet. An adopted zombie waits at most this long (and is reaped at the end)."""
 
 _HEADER = struct.Struct("!Q")
 _MAX_FRAME = 1 << 31
@@ -519,6 +526,7 @@ class _Guard:
     guardian: subprocess.Popen[bytes] | None
     workers: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     worker_pids: set[int] = dataclasses.field(default_factory=set)
+    last_reap: float = 0.0
 
 
 _guard: _Guard | None = None
@@ -572,8 +580,8 @@ def ensure_run_guard() -> str:
 def register_worker(pid: int) -> None:
     """Tell the guardian about a forked worker: its /proc environ does not show the run id.
 
-    Also reaps the adopted processes that exited since the last worker started (see
-    :func:`reap_adopted_zombies`).
+    Also reaps the adopted processes that exited meanwhile (see :func:`reap_adopted_zombies`),
+    at most every :data:`REAP_INTERVAL`.
     """
     guard = _guard
     if guard is None or guard.controller_pid != os.getpid():
@@ -586,7 +594,10 @@ def register_worker(pid: int) -> None:
     guard.worker_pids.add(pid)
     with contextlib.suppress(OSError):
         os.write(guard.write_fd, f"W {pid} {create_time!r}\n".encode())
-    reap_adopted_zombies()
+    now = time.monotonic()
+    if now - guard.last_reap >= REAP_INTERVAL:
+        guard.last_reap = now
+        reap_adopted_zombies()
 
 
 def reap_adopted_zombies() -> list[int]:
@@ -770,18 +781,17 @@ def sweep(
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 sockets |= _mux_socket(proc.cmdline())
-                proc.terminate()
-                proc.resume()
-            ended.append(proc.pid)
-        _gone, alive = psutil.wait_procs(procs, timeout=grace)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=grace)
+        ansible_task_timeout.end_processes(procs, grace, wait=_wait_for)
+        ended.extend(proc.pid for proc in procs)
         for path in sockets:
             with contextlib.suppress(OSError):
                 os.unlink(path)
     return ended
+
+
+def _wait_for(procs: Sequence[psutil.Process], timeout: float) -> None:
+    """Wait (bounded) for exactly these processes, reaping only those that are our children."""
+    psutil.wait_procs(procs, timeout=timeout)
 
 
 def _mux_path(cmdline: list[str]) -> str | None:

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import psutil
 
@@ -359,22 +359,13 @@ def kill_process_tree(
         procs = [p for p in procs if _alive(p)]
         if not procs:
             break
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-                proc.resume()  # a SIGSTOPped process acts on SIGTERM only once continued
-            signalled.append(proc.pid)
-        _wait_dead(procs, grace)
-        for proc in procs:
-            if _alive(proc):
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-        _wait_dead(procs, grace)
+        end_processes(procs, grace)
+        signalled.extend(proc.pid for proc in procs)
     _reap_zombie_children()
     return signalled
 
 
-def _wait_dead(procs: Iterable[psutil.Process], timeout: float) -> None:
+def _wait_dead(procs: Sequence[psutil.Process], timeout: float) -> None:
     """Reap our children among `procs` and wait (bounded) until none of them is alive."""
     end = time.monotonic() + timeout
     pending = list(procs)
@@ -383,6 +374,30 @@ def _wait_dead(procs: Iterable[psutil.Process], timeout: float) -> None:
         pending = [p for p in pending if _alive(p)]
         if pending:
             time.sleep(0.02)
+
+
+def end_processes(
+    procs: Sequence[psutil.Process],
+    grace: float,
+    wait: Callable[[Sequence[psutil.Process], float], None] = _wait_dead,
+) -> None:
+    """SIGTERM `procs`, wait up to `grace`, SIGKILL what is left, wait again: the one way to end them.
+
+    SIGCONT goes with the SIGTERM because a SIGSTOPped process acts on it only once continued.
+    `wait` must reap what it may reap: the default reaps any child of ours (fine in a worker); the
+    controller passes one that waits only for the given processes, so no multiprocessing or
+    subprocess object loses its exit status.
+    """
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+            proc.resume()
+    wait(procs, grace)
+    for proc in procs:
+        if _alive(proc):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    wait(procs, grace)
 
 
 # --------------------------------------------------------------------------- ssh ControlPersist
@@ -450,16 +465,7 @@ def close_control_master(control_path: str, timeout: float = MASTER_EXIT_TIMEOUT
         cmdline = proc.info.get("cmdline") or []
         if proc.pid != me and any(control_path in arg for arg in cmdline):
             masters.append(proc)
-    for proc in masters:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            proc.resume()
-    _wait_dead(masters, timeout)
-    for proc in masters:
-        if _alive(proc):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-    _wait_dead(masters, timeout)
+    end_processes(masters, timeout)
     with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
         os.unlink(control_path)
     return [proc.pid for proc in masters]
