@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-image"
 LOCAL_BASE = "localhost/debian:trixie"
+LABEL = "task-timeout-ee.test"  # tests/dockerctl.py: what the suite and the benchmarks create
 
 
 def build(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -28,6 +29,17 @@ def build(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def image_id(engine: str, ref: str) -> str | None:
     out = subprocess.run([engine, "image", "inspect", "-f", "{{.Id}}", ref], capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def unlabelled_containers(engine: str) -> list[str]:
+    """Containers in any state that no test or benchmark labelled: what a build may leave behind."""
+    out = subprocess.run(
+        [engine, "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Labels}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line.split()[0] for line in out.stdout.splitlines() if line and LABEL not in line]
 
 
 def last_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -79,6 +91,7 @@ def test_a_patch_that_does_not_apply_fails_the_build(engine: str, ee_image: str,
         "@@ -1,3 +1,3 @@\n-no such line\n+replacement\n no such context\n no such context either\n"
     )
     before = image_id(engine, ee_image)
+    containers_before = set(unlabelled_containers(engine))
     probe = "task-timeout-ee:broken-patch-probe"
     # The same CA as `make image`, so every layer before the patches comes from the cache.
     ca = ["--ca-bundle", os.environ["CA_BUNDLE"]] if os.environ.get("CA_BUNDLE") else []
@@ -92,3 +105,5 @@ def test_a_patch_that_does_not_apply_fails_the_build(engine: str, ee_image: str,
         [engine, "image", "ls", "-q", "localhost/task-timeout-ee-build"], capture_output=True, text=True
     ).stdout.split()
     assert not leftovers, "the temporary build tag was left behind"
+    left = set(unlabelled_containers(engine)) - containers_before
+    assert not left, f"the failed build left its step's container(s) behind: {left}"
