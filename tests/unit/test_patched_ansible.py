@@ -179,6 +179,52 @@ def test_inherited_from_block_and_play_and_config_default(tmp_path: Path) -> Non
     assert _leftover_sleeps() == []
 
 
+def test_roles_imports_and_includes_follow_keyword_inheritance(tmp_path: Path) -> None:
+    """Set on a role or an import, the limit reaches every task in it; an include needs ``apply``.
+
+    On an include itself task_timeout is accepted, as upstream ``timeout`` is, and reaches the
+    included tasks exactly as far as ``timeout`` does (r5 shows what upstream does). The default
+    (ANSIBLE_TASK_DEADLINE=3 here) covers included tasks in any case.
+    """
+
+    def sleeper(register: str) -> str:
+        return f"- command: sleep {SLEEP}\n  register: {register}\n  ignore_errors: true\n"
+
+    (tmp_path / "roles" / "slow" / "tasks").mkdir(parents=True)
+    (tmp_path / "roles" / "slow" / "tasks" / "main.yml").write_text(sleeper("r1"))
+    for n in (2, 3, 4, 5):
+        (tmp_path / f"slow{n}.yml").write_text(sleeper(f"r{n}"))
+    results, elapsed, proc = run_playbook(
+        tmp_path,
+        """
+        - import_tasks: slow2.yml
+          task_timeout: 1
+        - include_tasks: slow3.yml
+          args:
+            apply:
+              task_timeout: 1
+        - include_tasks: slow4.yml
+          task_timeout: 1
+        - include_tasks: slow5.yml
+          timeout: 1
+        """,
+        env={"ANSIBLE_TASK_DEADLINE": "3"},
+        play_extra="""
+        roles:
+          - role: slow
+            task_timeout: 1
+        """,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a = results["a"]
+    assert {r: a[r]["timedout"]["period"] for r in ("r1", "r2", "r3")} == {"r1": 1, "r2": 1, "r3": 1}
+    assert all(a[r]["task_timeout"] is True for r in ("r1", "r2", "r3", "r4"))
+    upstream_inherits = a["r5"]["timedout"]["period"] == 1 and not a["r5"].get("task_timeout")
+    assert a["r4"]["timedout"]["period"] == (1 if upstream_inherits else 3), (a["r4"], a["r5"])
+    assert elapsed < 10 + 15, "five limits of 1 to 3 s, plus start-up"
+    assert _leftover_sleeps() == []
+
+
 @pytest.mark.parametrize("value", ["-1", "'abc'", "2.5", "'{{ nope_undefined }}'", "100000000"])
 def test_bad_values_fail_that_task_only(tmp_path: Path, value: str) -> None:
     results, _elapsed, proc = run_playbook(
