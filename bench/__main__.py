@@ -45,12 +45,21 @@ def machine() -> dict[str, str | int | float]:
     }
 
 
+def commit() -> str:
+    """The checkout measured: short commit id, with "+changes" when the tree differs from it."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "patches", "context"], cwd=root,
+                           capture_output=True, text=True)  # fmt: skip
+    return (head.stdout.strip() or "?") + ("+changes" if dirty.stdout.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_ints, default=[25, 50, 100], help="fleet sizes (hosts)")
     parser.add_argument("--forks", type=_ints, default=[20], help="fork counts for the fleet runs")
     parser.add_argument("--limit", type=int, default=15, help="task_timeout T of the fleet runs (s)")
-    parser.add_argument("--pairs", type=int, default=5, help="patched/stock pairs of the overhead run")
+    parser.add_argument("--pairs", type=int, default=10, help="patched/stock pairs of the overhead run")
     parser.add_argument("--overhead-hosts", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, help="runs per hang mode for the latency")
     parser.add_argument("--no-cold-build", action="store_true", help="skip the cold image build timing")
@@ -58,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = args.only or list(PARTS)
     t0 = time.monotonic()
-    results: dict = {
+    run = {
         "date": datetime.date.today().isoformat(),
+        "commit": commit(),
         "args": " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
     }
+    results: dict = {}
     if "image" in parts:
         from .image import image_benchmark
 
@@ -80,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         from .latency import latency_benchmark
 
         results["latency"] = latency_benchmark(args.repeats, limit_s=6)
-    results["duration_s"] = round(time.monotonic() - t0, 1)
-    report.write(results, OUT)
-    print(f"bench: wrote {OUT}/results.md, results.json and plots in {results['duration_s'] / 60:.1f} min")
+    run["duration_s"] = round(time.monotonic() - t0, 1)
+    report.write(report.merge(report.load(OUT), results, run), OUT)
+    print(f"bench: wrote {OUT}/results.md, results.json and plots in {run['duration_s'] / 60:.1f} min")
     return 0
 
 

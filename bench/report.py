@@ -1,4 +1,9 @@
-"""Write the results: JSON (all numbers), a markdown table the README includes, and PNG plots."""
+"""Write the results: JSON (all numbers), a markdown table the README includes, and PNG plots.
+
+A run may measure only some parts or sizes (`--only fleet --sizes 500,1000`): its results are merged
+into what bench/results/ already holds, part by part and fleet row by (hosts, forks), and each part
+keeps the date, command and machine it was measured with, so nothing is quoted without its origin.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,61 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def load(out: Path) -> dict[str, Any]:
+    """The results written before, or nothing (an older layout without per-part runs is dropped)."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old.get("runs"), dict) else {}
+
+
+def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """`old` updated with the parts of `new`; fleet rows replace only the rows of the same size.
+
+    ``runs[part]`` is the run that measured the part; for the fleet, a list of the runs its rows
+    come from, each row naming its run by index.
+    """
+    merged = dict(old)
+    runs = dict(old.get("runs", {}))
+    for part, value in new.items():
+        if part == "fleet":
+            fresh = {(r["n"], r["forks"]) for r in value}
+            kept = [r for r in old.get("fleet", []) if (r["n"], r["forks"]) not in fresh]
+            old_runs = runs.get("fleet", [])
+            fleet_runs: list[dict[str, Any]] = []
+            for r in kept:  # renumber: drop the runs no row comes from any more
+                origin = old_runs[r["run"]]
+                if origin not in fleet_runs:
+                    fleet_runs.append(origin)
+                r["run"] = fleet_runs.index(origin)
+            fleet_runs.append(run)
+            for r in value:
+                r["run"] = len(fleet_runs) - 1
+            merged[part] = sorted(kept + value, key=lambda r: (r["forks"], r["n"]))
+            runs[part] = fleet_runs
+        else:
+            merged[part] = value
+            runs[part] = run
+    merged["runs"] = runs
+    return merged
+
+
+def _origin(run: dict[str, Any]) -> str:
+    m = run["machine"]
+    command = "make bench" + (f" BENCH_ARGS='{run['args']}'" if run["args"] else "")
+    return (
+        f"measured {run['date']} on {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
+        f"Docker {m['docker']}, commit {run.get('commit', '?')}, "
+        f"by `{command}` ({run['duration_s'] / 60:.1f} min)"
+    )
+
+
 def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| hosts | forks | frozen | T (s) | healthy (s) | patched, frozen (s) | extra (s) | per host (ms) "
-        "| stock, frozen | frozen timed out | healthy complete | left: procs / sockets |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
+        "| stock, frozen | frozen timed out | healthy complete | left: procs / sockets | run |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|",
     ]
     for r in rows:
         stock = (
@@ -29,36 +84,38 @@ def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['patched_frozen_s']:.1f} | {r['extra_s']:+.1f} | {1000 * r['healthy_s'] / r['n']:.0f} "
             f"| {stock} | {r['frozen_timed_out']}/{r['frozen']} "
             f"| {'yes' if r['healthy_hosts_complete'] else 'NO'} "
-            f"| {r['leftover_processes']} / {r['leftover_sockets']} |"
+            f"| {r['leftover_processes']} / {r['leftover_sockets']} | {r['run'] + 1} |"
         )
     return out
 
 
 def markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    command = "make bench" + (f" BENCH_ARGS='{results['args']}'" if results["args"] else "")
-    lines = [
-        f"Measured {results['date']} on {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"Docker {m['docker']}; `{command}` took {results['duration_s'] / 60:.1f} min.",
-        "",
-    ]
+    runs = results["runs"]
+    lines: list[str] = []
     if results.get("fleet"):
         lines += [
-            "**Fleet** (three-task play, 1 % of hosts frozen in task 1, linear strategy, pipelining):",
+            "**Fleet** (three-task play, 1 % of hosts frozen in task 1, linear strategy, pipelining; "
+            "the last column names the run below the table):",
             "",
         ]
         lines += _fleet_table(results["fleet"]) + [""]
+        lines += [f"{i + 1}. {_origin(r)}." for i, r in enumerate(runs["fleet"])] + [""]
     if o := results.get("overhead"):
         lines += [
             f"**Overhead** (healthy run, {o['hosts']} hosts, forks {o['forks']}, "
             f"{len(o['pairs'])} alternated pairs): median patched/stock ratio "
             f"**{o['median_ratio']:.3f}** (min {o['min_ratio']:.3f}, max {o['max_ratio']:.3f}); "
             f"medians {o['patched_median_s']:.2f} s vs {o['stock_median_s']:.2f} s. "
-            f"Controller peak RSS: patched {o['patched_peak_mib']} MiB, stock {o['stock_peak_mib']} MiB.",
+            f"CPU seconds of the EE's processes: median ratio {o['median_cpu_ratio']:.3f} "
+            f"(min {o['min_cpu_ratio']:.3f}, max {o['max_cpu_ratio']:.3f}; "
+            f"{o['patched_median_cpu_s']:.2f} s vs {o['stock_median_cpu_s']:.2f} s). "
+            f"Controller peak RSS: patched {o['patched_peak_mib']} MiB, stock {o['stock_peak_mib']} MiB "
+            f"({_origin(runs['overhead'])}).",
             "",
         ]
     if results.get("latency"):
-        lines += ["**Detection latency** (deadline to failed result, per hang mode):", ""]
+        origin = _origin(runs["latency"])
+        lines += [f"**Detection latency** (deadline to failed result, per hang mode; {origin}):", ""]
         lines += [
             "| mode | T (s) | runs | median (s) | max (s) | problems |",
             "|---|---:|---:|---:|---:|---|",
@@ -77,7 +134,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{i['cold_build_s']:.0f} s), "
                 f"rebuild after one patch edit {i['rebuild_after_patch_edit_s']:.0f} s"
             )
-        lines += ["**Image**: " + "; ".join(parts) + ".", ""]
+        lines += ["**Image**: " + "; ".join(parts) + f" ({_origin(runs['image'])}).", ""]
     return "\n".join(lines)
 
 
