@@ -78,12 +78,15 @@ check-context: venv
 image: base check-context
 	$(BUILD_IMAGE) --tag $(EE_IMAGE) --tag $(IMAGE):$(VERSION)
 
-# The same image without the patches: the stock reference of tests and benchmarks.
+# The same image without the patches and with ansible's own defaults (no ansible.cfg of ours:
+# its ServerAlive settings would end a frozen connection after 45-60 s, which stock users do not
+# have): the stock reference of tests and benchmarks.
 image-stock: base check-context
 	rm -rf .cache/stock-context && mkdir -p .cache && cp -r context .cache/stock-context
 	rm -f .cache/stock-context/_build/patches/*.patch
 	printf '#!/bin/sh\necho "# stock: ansible-core as released, no patches" > "$$1/ansible_task_timeout_patches.txt"\n' \
 	  > .cache/stock-context/_build/task-timeout/apply-patches
+	echo "# stock: ansible-core's own defaults" > .cache/stock-context/_build/ansible-config/ansible.cfg
 	$(BUILD_IMAGE) --context .cache/stock-context --tag $(STOCK_IMAGE)
 
 # The managed-host target of the tests and the demo (the top-level Containerfile).

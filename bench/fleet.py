@@ -2,6 +2,10 @@
 
 What the motivating incident needs to see: with the patches, a run with frozen hosts costs about
 one task limit T more than the healthy run, whatever N is; stock ansible-core never finishes.
+
+Whole runs of hundreds of hosts vary by about 5 % from one run to the next on a shared 2-core
+machine, more than T at N = 500, so each row also splits the runs by task (from the callback's
+task_start events): the frozen hosts cost task 1 only, and the other two tasks show the noise.
 """
 
 from __future__ import annotations
@@ -9,7 +13,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from .lab import EE_IMAGE, STOCK_IMAGE, Bench, base_env, control_sockets, freeze_when_running, run_playbook
+from .lab import (
+    EE_IMAGE,
+    STOCK_IMAGE,
+    Bench,
+    RunResult,
+    base_env,
+    control_sockets,
+    freeze_when_running,
+    run_playbook,
+)
 
 
 @dataclass
@@ -26,6 +39,11 @@ class FleetRow:
     healthy_hosts_complete: bool
     leftover_processes: int
     leftover_sockets: int
+    healthy_task1_s: float | None = None
+    patched_task1_s: float | None = None
+    healthy_rest_s: float | None = None
+    patched_rest_s: float | None = None
+    frozen_failed_after_s: float | None = None
 
     @property
     def extra_s(self) -> float:
@@ -48,6 +66,18 @@ def _run(bench: Bench, image: str, tag: str, n: int, frozen: int, env: dict[str,
     for trigger in triggers:
         trigger.assert_fired()
     return fleet, result, sockets
+
+
+def task_spans(result: RunResult) -> dict[str, float]:
+    """Seconds from each task's start to the next task's start (the last: to the stats)."""
+    marks = [(e["task"], float(e["mono"])) for e in result.events if e["event"] == "task_start"]
+    end = next((float(e["mono"]) for e in result.events if e["event"] == "stats"), None)
+    spans: dict[str, float] = {}
+    for i, (task, start) in enumerate(marks):
+        stop = marks[i + 1][1] if i + 1 < len(marks) else end
+        if stop is not None:
+            spans[task] = round(stop - start, 2)
+    return spans
 
 
 def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
@@ -74,6 +104,13 @@ def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
     complete = all(
         any(e["event"] == "ok" for e in patched.results(host=h, task="task 3")) for h in fleet.healthy
     )
+    h_spans, p_spans = task_spans(healthy), task_spans(patched)
+    failed_after = [
+        float(e["ts"]) - start
+        for h in fleet.frozen
+        if (start := patched.start_of(h, "task 1")) is not None
+        for e in patched.results(host=h, task="task 1")
+    ]
     return FleetRow(
         n=n,
         forks=forks,
@@ -87,6 +124,11 @@ def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
         healthy_hosts_complete=complete,
         leftover_processes=len(patched.leftovers),
         leftover_sockets=sockets,
+        healthy_task1_s=h_spans.get("task 1"),
+        patched_task1_s=p_spans.get("task 1"),
+        healthy_rest_s=round(h_spans.get("task 2", 0) + h_spans.get("task 3", 0), 2),
+        patched_rest_s=round(p_spans.get("task 2", 0) + p_spans.get("task 3", 0), 2),
+        frozen_failed_after_s=round(max(failed_after), 2) if failed_after else None,
     )
 
 

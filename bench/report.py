@@ -67,11 +67,23 @@ def _origin(run: dict[str, Any]) -> str:
     )
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _pair(row: dict[str, Any], a: str, b: str) -> str:
+    """Two measurements of one row, or "-" for rows measured before they were recorded."""
+    if row.get(a) is None or row.get(b) is None:
+        return "-"
+    return f"{row[a]:.1f} / {row[b]:.1f}"
+
+
 def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| hosts | forks | frozen | T (s) | healthy (s) | patched, frozen (s) | extra (s) | per host (ms) "
+        "| task 1: healthy / patched (s) | tasks 2-3: healthy / patched (s) | frozen host failed after (s) "
         "| stock, frozen | frozen timed out | healthy complete | left: procs / sockets | run |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|",
     ]
     for r in rows:
         stock = (
@@ -82,6 +94,9 @@ def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"| {r['n']} | {r['forks']} | {r['frozen']} | {r['limit_s']} | {r['healthy_s']:.1f} "
             f"| {r['patched_frozen_s']:.1f} | {r['extra_s']:+.1f} | {1000 * r['healthy_s'] / r['n']:.0f} "
+            f"| {_pair(r, 'healthy_task1_s', 'patched_task1_s')} "
+            f"| {_pair(r, 'healthy_rest_s', 'patched_rest_s')} "
+            f"| {_num(r.get('frozen_failed_after_s'))} "
             f"| {stock} | {r['frozen_timed_out']}/{r['frozen']} "
             f"| {'yes' if r['healthy_hosts_complete'] else 'NO'} "
             f"| {r['leftover_processes']} / {r['leftover_sockets']} | {r['run'] + 1} |"
