@@ -80,6 +80,13 @@ def task_spans(result: RunResult) -> dict[str, float]:
     return spans
 
 
+def _rest(spans: dict[str, float]) -> float | None:
+    """Tasks 2 and 3 together, or None when a span is missing (never a sum that counts one as 0)."""
+    if "task 2" not in spans or "task 3" not in spans:
+        return None
+    return round(spans["task 2"] + spans["task 3"], 2)
+
+
 def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
     frozen = max(1, n // 100)
     env = base_env("linear", forks)
@@ -126,8 +133,8 @@ def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
         leftover_sockets=sockets,
         healthy_task1_s=h_spans.get("task 1"),
         patched_task1_s=p_spans.get("task 1"),
-        healthy_rest_s=round(h_spans.get("task 2", 0) + h_spans.get("task 3", 0), 2),
-        patched_rest_s=round(p_spans.get("task 2", 0) + p_spans.get("task 3", 0), 2),
+        healthy_rest_s=_rest(h_spans),
+        patched_rest_s=_rest(p_spans),
         frozen_failed_after_s=round(max(failed_after), 2) if failed_after else None,
     )
 
