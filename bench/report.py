@@ -82,8 +82,9 @@ def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| hosts | forks | frozen | T (s) | healthy (s) | patched, frozen (s) | extra (s) | per host (ms) "
         "| task 1: healthy / patched (s) | tasks 2-3: healthy / patched (s) | frozen host failed after (s) "
-        "| stock, frozen | frozen timed out | healthy complete | left: procs / sockets | run |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|",
+        "| task 1, healthy hosts done: patched / stock (s) | stock, frozen | frozen timed out "
+        "| healthy complete | left: procs / sockets | run |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|",
     ]
     for r in rows:
         stock = (
@@ -97,6 +98,7 @@ def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_pair(r, 'healthy_task1_s', 'patched_task1_s')} "
             f"| {_pair(r, 'healthy_rest_s', 'patched_rest_s')} "
             f"| {_num(r.get('frozen_failed_after_s'))} "
+            f"| {_pair(r, 'patched_task1_healthy_s', 'stock_task1_healthy_s')} "
             f"| {stock} | {r['frozen_timed_out']}/{r['frozen']} "
             f"| {'yes' if r['healthy_hosts_complete'] else 'NO'} "
             f"| {r['leftover_processes']} / {r['leftover_sockets']} | {r['run'] + 1} |"
@@ -163,7 +165,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
     made: list[Path] = []
     if fleet := results.get("fleet"):
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, (ax, per) = plt.subplots(1, 2, figsize=(11, 4))
         for forks in sorted({r["forks"] for r in fleet}):
             rows = sorted((r for r in fleet if r["forks"] == forks), key=lambda r: r["n"])
             n = [r["n"] for r in rows]
@@ -171,12 +173,36 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.plot(
                 n, [r["patched_frozen_s"] for r in rows], "s-", label=f"patched, 1 % frozen, forks {forks}"
             )
-            ax.plot(n, [r["stock_bound_s"] for r in rows], "x:", label="stock, 1 % frozen: unfinished at")
+            ax.plot(
+                n,
+                [r["stock_bound_s"] for r in rows],
+                "x:",
+                label=f"stock, 1 % frozen: unfinished at, forks {forks}",
+            )
+            per.plot(
+                n,
+                [1000 * r["healthy_s"] / r["n"] for r in rows],
+                "o-",
+                label=f"healthy run, 3 tasks, forks {forks}",
+            )
+            split = [r for r in rows if r.get("stock_task1_healthy_s") and r.get("patched_task1_healthy_s")]
+            if split:
+                m = [r["n"] for r in split]
+                for key, mark, who in (("patched", "s--", "patched"), ("stock", "x--", "stock")):
+                    ms = [3000 * r[f"{key}_task1_healthy_s"] / (r["n"] - r["frozen"]) for r in split]
+                    per.plot(m, ms, mark, label=f"{who}, task 1 x 3, forks {forks}")
         ax.set_xlabel("hosts")
         ax.set_ylabel("wall time (s)")
         ax.set_title("Fleet run with frozen hosts")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+        per.set_xscale("log")
+        per.set_xlabel("hosts")
+        per.set_ylabel("ms per host")
+        per.set_title("Cost per host (goal: flat)")
+        per.set_ylim(bottom=0)
+        per.legend(fontsize=7)
+        per.grid(alpha=0.3)
         made.append(_save(fig, out / "fleet.png"))
     if latency := results.get("latency"):
         fig, ax = plt.subplots(figsize=(7, 4))
