@@ -89,6 +89,24 @@ def _rest(spans: dict[str, float]) -> float | None:
     return round(spans["task 2"] + spans["task 3"], 2)
 
 
+class FleetRunFailed(RuntimeError):
+    """The healthy run of a size did not succeed: the size is reported as not measured, with why."""
+
+
+def _why_failed(run: RunResult, n: int, forks: int) -> str:
+    """One line for the table: which tasks failed on how many hosts, with the first message."""
+    if run.hit_outer_limit:
+        return f"healthy run of {n} hosts (forks {forks}) did not finish within its bound"
+    bad = [e for e in run.results() if e["event"] in ("failed", "unreachable")]
+    if not bad:
+        return f"healthy run of {n} hosts (forks {forks}) ended with rc {run.rc}: {run.stderr[-300:]!r}"
+    tasks = sorted({e["task"] for e in bad})
+    return (
+        f"healthy run failed on {len({e['host'] for e in bad})} of {n} hosts in {', '.join(tasks)} "
+        f"({bad[0]['result'].get('msg')!s:.80})"
+    )
+
+
 def healthy_done(result: RunResult, hosts: list[str], task: str = "task 1") -> float | None:
     """Seconds from `task`'s start to the last of `hosts` reporting on it; None if one never did.
 
@@ -112,7 +130,7 @@ def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
 
     _, healthy, _ = _run(bench, EE_IMAGE, f"n{n}f{forks}h", n, 0, env, 1800)
     if healthy.hit_outer_limit or healthy.rc != 0:
-        raise RuntimeError(f"healthy run of {n} hosts failed: rc={healthy.rc}\n{healthy.stdout[:3000]}")
+        raise FleetRunFailed(_why_failed(healthy, n, forks))
     bound = healthy.wall_s + 2 * limit_s + 30
     fleet, patched, sockets = _run(
         bench, EE_IMAGE, f"n{n}f{forks}p", n, frozen, env, healthy.wall_s + 10 * limit_s
@@ -164,7 +182,13 @@ def fleet_benchmark(sizes: list[int], forks: list[int], limit_s: int) -> list[di
         for f in forks:
             for n in sizes:
                 t0 = time.monotonic()
-                row = run_fleet(bench, n, f, limit_s)
+                try:
+                    row = run_fleet(bench, n, f, limit_s)
+                except FleetRunFailed as exc:
+                    print(f"fleet N={n} forks={f}: not measured: {exc}", flush=True)
+                    rows.append({"n": n, "forks": f, "frozen": max(1, n // 100), "limit_s": limit_s,
+                                 "error": str(exc)})  # fmt: skip
+                    continue
                 stock = "hung" if row.stock_frozen_s is None else f"{row.stock_frozen_s:.1f} s"
                 print(
                     f"fleet N={n} forks={f}: healthy {row.healthy_s:.1f} s, patched+frozen "

@@ -1,7 +1,7 @@
 """Write the results: JSON (all numbers), a markdown table the README includes, and PNG plots.
 
 A run may measure only some parts or sizes (`--only fleet --sizes 500,1000`): its results are merged
-into what bench/results/ already holds, part by part and fleet row by (hosts, forks), and each part
+into what bench/results/ already holds, part by part and fleet row by (hosts, forks, T), and each part
 keeps the date, command and machine it was measured with, so nothing is quoted without its origin.
 """
 
@@ -26,8 +26,12 @@ def load(out: Path) -> dict[str, Any]:
     return old if isinstance(old.get("runs"), dict) else {}
 
 
+def _key(row: dict[str, Any]) -> tuple[int, int, int]:
+    return row["n"], row["forks"], row["limit_s"]
+
+
 def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
-    """`old` updated with the parts of `new`; fleet rows replace only the rows of the same size.
+    """`old` updated with the parts of `new`; fleet rows replace only the rows of the same size, forks and T.
 
     ``runs[part]`` is the run that measured the part; for the fleet, a list of the runs its rows
     come from, each row naming its run by index.
@@ -36,8 +40,8 @@ def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict
     runs = dict(old.get("runs", {}))
     for part, value in new.items():
         if part == "fleet":
-            fresh = {(r["n"], r["forks"]) for r in value}
-            kept = [r for r in old.get("fleet", []) if (r["n"], r["forks"]) not in fresh]
+            fresh = {_key(r) for r in value}
+            kept = [r for r in old.get("fleet", []) if _key(r) not in fresh]
             old_runs = runs.get("fleet", [])
             fleet_runs: list[dict[str, Any]] = []
             for r in kept:  # renumber: drop the runs no row comes from any more
@@ -48,7 +52,7 @@ def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict
             fleet_runs.append(run)
             for r in value:
                 r["run"] = len(fleet_runs) - 1
-            merged[part] = sorted(kept + value, key=lambda r: (r["forks"], r["n"]))
+            merged[part] = sorted(kept + value, key=lambda r: (r["forks"], r["limit_s"], r["n"]))
             runs[part] = fleet_runs
         else:
             merged[part] = value
@@ -87,6 +91,12 @@ def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|",
     ]
     for r in rows:
+        if r.get("error"):
+            out.append(
+                f"| {r['n']} | {r['forks']} | {r['frozen']} | {r['limit_s']} "
+                f"| not measured: {r['error']} |||||||||||| {r['run'] + 1} |"
+            )
+            continue
         stock = (
             f"{r['stock_frozen_s']:.1f} s"
             if r["stock_frozen_s"] is not None
@@ -164,33 +174,38 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
     made: list[Path] = []
-    if fleet := results.get("fleet"):
+    if fleet := [r for r in results.get("fleet", []) if not r.get("error")]:
         fig, (ax, per) = plt.subplots(1, 2, figsize=(11, 4))
-        for forks in sorted({r["forks"] for r in fleet}):
-            rows = sorted((r for r in fleet if r["forks"] == forks), key=lambda r: r["n"])
+        for forks, limit in sorted({(r["forks"], r["limit_s"]) for r in fleet}):
+            rows = sorted(
+                (r for r in fleet if (r["forks"], r["limit_s"]) == (forks, limit)), key=lambda r: r["n"]
+            )
             n = [r["n"] for r in rows]
-            ax.plot(n, [r["healthy_s"] for r in rows], "o-", label=f"healthy, forks {forks}")
+            ax.plot(n, [r["healthy_s"] for r in rows], "o-", label=f"healthy, forks {forks}, T {limit}")
             ax.plot(
-                n, [r["patched_frozen_s"] for r in rows], "s-", label=f"patched, 1 % frozen, forks {forks}"
+                n,
+                [r["patched_frozen_s"] for r in rows],
+                "s-",
+                label=f"patched, 1 % frozen, forks {forks}, T {limit}",
             )
             ax.plot(
                 n,
                 [r["stock_bound_s"] for r in rows],
                 "x:",
-                label=f"stock, 1 % frozen: unfinished at, forks {forks}",
+                label=f"stock, 1 % frozen: unfinished at, forks {forks}, T {limit}",
             )
             per.plot(
                 n,
                 [1000 * r["healthy_s"] / r["n"] for r in rows],
                 "o-",
-                label=f"healthy run, 3 tasks, forks {forks}",
+                label=f"healthy run, 3 tasks, forks {forks}, T {limit}",
             )
             split = [r for r in rows if r.get("stock_task1_healthy_s") and r.get("patched_task1_healthy_s")]
             if split:
                 m = [r["n"] for r in split]
                 for key, mark, who in (("patched", "s--", "patched"), ("stock", "x--", "stock")):
                     ms = [3000 * r[f"{key}_task1_healthy_s"] / (r["n"] - r["frozen"]) for r in split]
-                    per.plot(m, ms, mark, label=f"{who}, task 1 x 3, forks {forks}")
+                    per.plot(m, ms, mark, label=f"{who}, task 1 x 3, forks {forks}, T {limit}")
         ax.set_xlabel("hosts")
         ax.set_ylabel("wall time (s)")
         ax.set_title("Fleet run with frozen hosts")
