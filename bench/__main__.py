@@ -1,8 +1,8 @@
 """`make bench`: fleet, overhead, detection latency and image benchmarks; results in bench/results/.
 
 Benchmarks are not tests: they never gate CI. The defaults finish in well under 30 minutes on the
-2-core machine; larger fleets are flags, e.g. `make bench BENCH_ARGS="--sizes 50,100,200,500,1000
---forks 20,50"`.
+2-core machine; larger fleets are flags, e.g. `make bench BENCH_ARGS="--only fleet --sizes
+200,500,1000 --forks 20"`, or with forks 50, which needs a larger T on 2 cores, `--forks 50 --limit 30`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return value
+
+
 def machine() -> dict[str, str | int | float]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     docker = subprocess.run(
@@ -58,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_ints, default=[25, 50, 100], help="fleet sizes (hosts)")
     parser.add_argument("--forks", type=_ints, default=[20], help="fork counts for the fleet runs")
-    parser.add_argument("--limit", type=int, default=15, help="task_timeout T of the fleet runs (s)")
-    parser.add_argument("--pairs", type=int, default=10, help="patched/stock pairs of the overhead run")
-    parser.add_argument("--overhead-hosts", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=1, help="runs per hang mode for the latency")
+    parser.add_argument("--limit", type=_positive, default=15, help="task_timeout T of the fleet runs (s)")
+    parser.add_argument("--pairs", type=_positive, default=10, help="patched/stock pairs of the overhead run")
+    parser.add_argument("--overhead-hosts", type=_positive, default=20)
+    parser.add_argument("--repeats", type=_positive, default=1, help="runs per hang mode for the latency")
     parser.add_argument("--no-cold-build", action="store_true", help="skip the cold image build timing")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
     args = parser.parse_args(argv)

@@ -124,8 +124,14 @@ class Bench:
 
 
 def freeze_when_running(fleet: Fleet) -> list[PhaseTrigger]:
-    """Freeze every frozen-to-be host the moment its task-1 command runs (polled, not timed)."""
-    return [PhaseTrigger(v, module_running, freeze, f"freeze {v.name}").start() for v in fleet.victims]
+    """Freeze every frozen-to-be host once its task-1 command runs (polled, not timed).
+
+    Every 0.2 s, not the tests' 0.01 s: the command sleeps 60 s, and ten pollers reading /proc a
+    hundred times a second each would take CPU from the runs being timed on a 2-core machine.
+    """
+    return [
+        PhaseTrigger(v, module_running, freeze, f"freeze {v.name}", poll_s=0.2).start() for v in fleet.victims
+    ]
 
 
 def control_sockets(ee: EEContainer) -> int:
