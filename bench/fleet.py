@@ -46,6 +46,8 @@ class FleetRow:
     frozen_failed_after_s: float | None = None
     patched_task1_healthy_s: float | None = None
     stock_task1_healthy_s: float | None = None
+    healthy_failed: dict[str, int] | None = None
+    """Healthy hosts of the patched frozen run that failed, by task and message (none expected)."""
 
     @property
     def extra_s(self) -> float:
@@ -105,6 +107,17 @@ def _why_failed(run: RunResult, n: int, forks: int) -> str:
         f"healthy run failed on {len({e['host'] for e in bad})} of {n} hosts in {', '.join(tasks)} "
         f"({bad[0]['result'].get('msg')!s:.80})"
     )
+
+
+def _failures(run: RunResult, hosts: list[str]) -> dict[str, int]:
+    """Failed or unreachable results of `hosts`, counted by "task: message"."""
+    counts: dict[str, int] = {}
+    for h in hosts:
+        for e in run.results(host=h):
+            if e["event"] in ("failed", "unreachable"):
+                key = f"{e['task']} {e['event']}: {str(e['result'].get('msg'))[:80]}"
+                counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def healthy_done(result: RunResult, hosts: list[str], task: str = "task 1") -> float | None:
@@ -173,6 +186,7 @@ def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
         frozen_failed_after_s=round(max(failed_after), 2) if failed_after else None,
         patched_task1_healthy_s=healthy_done(patched, list(fleet.healthy)),
         stock_task1_healthy_s=healthy_done(stock, list(fleet.healthy)),
+        healthy_failed=_failures(patched, list(fleet.healthy)),
     )
 
 

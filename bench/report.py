@@ -82,6 +82,13 @@ def _pair(row: dict[str, Any], a: str, b: str) -> str:
     return f"{row[a]:.1f} / {row[b]:.1f}"
 
 
+def _complete(row: dict[str, Any]) -> str:
+    if row["healthy_hosts_complete"]:
+        return "yes"
+    failed = row.get("healthy_failed")
+    return "NO" + (": " + "; ".join(f"{n} x {why}" for why, n in failed.items()) if failed else "")
+
+
 def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| hosts | forks | frozen | T (s) | healthy (s) | patched, frozen (s) | extra (s) | per host (ms) "
@@ -110,7 +117,7 @@ def _fleet_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_num(r.get('frozen_failed_after_s'))} "
             f"| {_pair(r, 'patched_task1_healthy_s', 'stock_task1_healthy_s')} "
             f"| {stock} | {r['frozen_timed_out']}/{r['frozen']} "
-            f"| {'yes' if r['healthy_hosts_complete'] else 'NO'} "
+            f"| {_complete(r)} "
             f"| {r['leftover_processes']} / {r['leftover_sockets']} | {r['run'] + 1} |"
         )
     return out
