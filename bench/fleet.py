@@ -11,6 +11,7 @@ task_start events): the frozen hosts cost task 1 only, and the other two tasks s
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 from .lab import (
@@ -95,32 +96,32 @@ class FleetRunFailed(RuntimeError):
     """The healthy run of a size did not succeed: the size is reported as not measured, with why."""
 
 
-def _why_failed(run: RunResult, n: int, forks: int) -> str:
-    """One line for the table: which tasks failed on how many hosts, with the first message."""
-    if run.hit_outer_limit:
-        return f"healthy run of {n} hosts (forks {forks}) did not finish within its bound"
-    bad = [e for e in run.results() if e["event"] in ("failed", "unreachable")]
-    if not bad:
-        return f"healthy run of {n} hosts (forks {forks}) ended with rc {run.rc}: {run.stderr[-300:]!r}"
-    tasks = sorted({e["task"] for e in bad})
-    return (
-        f"healthy run failed on {len({e['host'] for e in bad})} of {n} hosts in {', '.join(tasks)} "
-        f"({bad[0]['result'].get('msg')!s:.80})"
-    )
+def _frozen_count(n: int) -> int:
+    """1 % of the fleet frozen, at least one host."""
+    return max(1, n // 100)
 
 
-def _failures(run: RunResult, hosts: list[str]) -> dict[str, int]:
-    """Failed or unreachable results of `hosts`, counted by "task: message"."""
+def _failures(run: RunResult, hosts: Collection[str] | None = None) -> dict[str, int]:
+    """Failed or unreachable results (of `hosts`, or of every host), counted by task and message."""
     counts: dict[str, int] = {}
-    for h in hosts:
-        for e in run.results(host=h):
-            if e["event"] in ("failed", "unreachable"):
-                key = f"{e['task']} {e['event']}: {str(e['result'].get('msg'))[:80]}"
-                counts[key] = counts.get(key, 0) + 1
+    for e in run.results():
+        if e["event"] in ("failed", "unreachable") and (hosts is None or e.get("host") in hosts):
+            key = f"{e['task']} {e['event']}: {str(e['result'].get('msg'))[:80]}"
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 
-def healthy_done(result: RunResult, hosts: list[str], task: str = "task 1") -> float | None:
+def _why_failed(run: RunResult, n: int, forks: int) -> str:
+    """One line for the table: how many results failed, by task and message (a failed host stops)."""
+    if run.hit_outer_limit:
+        return f"healthy run of {n} hosts (forks {forks}) did not finish within its bound"
+    failures = _failures(run)
+    if not failures:
+        return f"healthy run of {n} hosts (forks {forks}) ended with rc {run.rc}: {run.stderr[-300:]!r}"
+    return f"healthy run of {n} hosts failed: " + "; ".join(f"{k} x {why}" for why, k in failures.items())
+
+
+def healthy_done(result: RunResult, hosts: Collection[str], task: str = "task 1") -> float | None:
     """Seconds from `task`'s start to the last of `hosts` reporting on it; None if one never did.
 
     Stock ansible-core never finishes task 1 with a frozen host in the fleet, but its healthy hosts
@@ -129,14 +130,17 @@ def healthy_done(result: RunResult, hosts: list[str], task: str = "task 1") -> f
     """
     start = next((float(e["mono"]) for e in result.events if e["event"] == "task_start"
                   and e.get("task") == task), None)  # fmt: skip
-    ends = [max((float(e["mono"]) for e in result.results(host=h, task=task)), default=None) for h in hosts]
-    if start is None or not ends or None in ends:
+    ends: dict[str, float] = {}
+    for e in result.results(task=task):
+        if e.get("host") in hosts:
+            ends[e["host"]] = max(ends.get(e["host"], 0.0), float(e["mono"]))
+    if start is None or not hosts or len(ends) < len(hosts):
         return None
-    return round(max(ends) - start, 2)  # type: ignore[type-var]
+    return round(max(ends.values()) - start, 2)
 
 
 def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
-    frozen = max(1, n // 100)
+    frozen = _frozen_count(n)
     env = base_env("linear", forks)
     env["ANSIBLE_TASK_DEADLINE"] = str(limit_s)
     env["ANSIBLE_PIPELINING"] = "True"
@@ -184,9 +188,9 @@ def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
         healthy_rest_s=_rest(h_spans),
         patched_rest_s=_rest(p_spans),
         frozen_failed_after_s=round(max(failed_after), 2) if failed_after else None,
-        patched_task1_healthy_s=healthy_done(patched, list(fleet.healthy)),
-        stock_task1_healthy_s=healthy_done(stock, list(fleet.healthy)),
-        healthy_failed=_failures(patched, list(fleet.healthy)),
+        patched_task1_healthy_s=healthy_done(patched, fleet.healthy.keys()),
+        stock_task1_healthy_s=healthy_done(stock, fleet.healthy.keys()),
+        healthy_failed=_failures(patched, fleet.healthy.keys()),
     )
 
 
@@ -200,7 +204,7 @@ def fleet_benchmark(sizes: list[int], forks: list[int], limit_s: int) -> list[di
                     row = run_fleet(bench, n, f, limit_s)
                 except FleetRunFailed as exc:
                     print(f"fleet N={n} forks={f}: not measured: {exc}", flush=True)
-                    rows.append({"n": n, "forks": f, "frozen": max(1, n // 100), "limit_s": limit_s,
+                    rows.append({"n": n, "forks": f, "frozen": _frozen_count(n), "limit_s": limit_s,
                                  "error": str(exc)})  # fmt: skip
                     continue
                 stock = "hung" if row.stock_frozen_s is None else f"{row.stock_frozen_s:.1f} s"
