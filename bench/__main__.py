@@ -3,6 +3,8 @@
 Benchmarks are not tests: they never gate CI. The defaults finish in well under 30 minutes on the
 2-core machine; larger fleets are flags, e.g. `make bench BENCH_ARGS="--only fleet --sizes
 200,500,1000 --forks 20"`, or with forks 50, which needs a larger T on 2 cores, `--forks 50 --limit 30`.
+The overhead is kept per (hosts, forks): `--only overhead --overhead-hosts 100 --overhead-forks 50
+--pairs 5 --limit 60` adds a measurement beside the default one.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=_positive, default=15, help="task_timeout T of the fleet runs (s)")
     parser.add_argument("--pairs", type=_positive, default=10, help="patched/stock pairs of the overhead run")
     parser.add_argument("--overhead-hosts", type=_positive, default=20)
+    parser.add_argument("--overhead-forks", type=_positive, default=20)
     parser.add_argument("--repeats", type=_positive, default=1, help="runs per hang mode for the latency")
     parser.add_argument("--no-cold-build", action="store_true", help="skip the cold image build timing")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if "overhead" in parts:
         from .overhead import overhead_benchmark
 
-        results["overhead"] = overhead_benchmark(args.overhead_hosts, 20, args.pairs, args.limit)
+        results["overhead"] = [
+            overhead_benchmark(args.overhead_hosts, args.overhead_forks, args.pairs, args.limit)
+        ]
     if "fleet" in parts:
         from .fleet import fleet_benchmark
 

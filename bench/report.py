@@ -31,7 +31,8 @@ def _key(row: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
-    """`old` updated with the parts of `new`; fleet rows replace only the rows of the same size, forks and T.
+    """`old` updated with the parts of `new`; fleet rows replace only the rows of the same size, forks and T,
+    overhead measurements only the one of the same hosts and forks.
 
     ``runs[part]`` is the run that measured the part; for the fleet, a list of the runs its rows
     come from, each row naming its run by index.
@@ -54,11 +55,34 @@ def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict
                 r["run"] = len(fleet_runs) - 1
             merged[part] = sorted(kept + value, key=lambda r: (r["forks"], r["limit_s"], r["n"]))
             runs[part] = fleet_runs
+        elif part == "overhead":
+            fresh = {_overhead_key(o) for o in value}
+            kept = [o for o in overheads(old) if _overhead_key(o) not in fresh]
+            merged[part] = sorted(kept + [{**o, "measured": run} for o in value], key=_overhead_key)
+            runs.pop(part, None)
         else:
             merged[part] = value
             runs[part] = run
+    if "overhead" in merged:
+        merged["overhead"] = overheads(merged)
+        runs.pop("overhead", None)
     merged["runs"] = runs
     return merged
+
+
+def _overhead_key(o: dict[str, Any]) -> tuple[int, int]:
+    return o["hosts"], o["forks"]
+
+
+def overheads(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The overhead measurements, one per (hosts, forks), each with the run that measured it.
+
+    Results written before there could be several hold one measurement and its run apart.
+    """
+    value = results.get("overhead")
+    if isinstance(value, dict):
+        return [{**value, "measured": value.get("measured") or results.get("runs", {}).get("overhead")}]
+    return list(value or [])
 
 
 def _origin(run: dict[str, Any]) -> str:
@@ -149,7 +173,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         lines += _fleet_table(results["fleet"]) + [""]
         lines += [f"{i + 1}. {_origin(r)}." for i, r in enumerate(runs["fleet"])] + [""]
-    if o := results.get("overhead"):
+    for o in overheads(results):
         lines += [
             f"**Overhead** (healthy run, {o['hosts']} hosts, forks {o['forks']}, "
             f"{len(o['pairs'])} alternated pairs): median patched/stock ratio "
@@ -159,7 +183,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"(min {o['min_cpu_ratio']:.3f}, max {o['max_cpu_ratio']:.3f}; "
             f"{o['patched_median_cpu_s']:.2f} s vs {o['stock_median_cpu_s']:.2f} s). "
             f"Controller peak RSS: patched {o['patched_peak_mib']} MiB, stock {o['stock_peak_mib']} MiB "
-            f"({_origin(runs['overhead'])}).",
+            f"({_origin(o['measured'])}).",
             "",
         ]
     if results.get("latency"):
@@ -262,15 +286,19 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title("Detection latency per hang mode")
         ax.legend(fontsize=8)
         made.append(_save(fig, out / "latency.png"))
-    if o := results.get("overhead"):
+    if measured := overheads(results):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        pairs = [p["pair"] for p in o["pairs"]]
-        ax.plot(pairs, [p["patched_s"] for p in o["pairs"]], "o-", label="patched")
-        ax.plot(pairs, [p["stock_s"] for p in o["pairs"]], "s-", label="stock")
+        for o in measured:
+            pairs = [p["pair"] for p in o["pairs"]]
+            label = f"{o['hosts']} hosts, forks {o['forks']}: median {o['median_ratio']:.3f}"
+            ax.plot(pairs, [p["ratio"] for p in o["pairs"]], "o-", label=label)
+        for level, style in ((1.01, ":"), (1.03, "--")):
+            ax.axhline(level, color="red", linestyle=style, linewidth=1, label=f"{level}")
         ax.set_xlabel("pair")
-        ax.set_ylabel("wall time (s)")
-        ax.set_title(f"Healthy run, patched vs stock (median ratio {o['median_ratio']:.3f})")
-        ax.legend(fontsize=8)
+        ax.set_ylabel("patched / stock wall time")
+        ax.set_title("Healthy run, patched vs stock, alternated")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
         made.append(_save(fig, out / "overhead.png"))
     return made
 

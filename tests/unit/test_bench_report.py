@@ -106,3 +106,20 @@ def test_sizes_refuse_a_non_positive_size() -> None:
     assert _ints("50,100") == [50, 100]
     with pytest.raises(Exception, match="positive integers"):
         _ints("50,-1")
+
+
+def _overhead(hosts: int, forks: int, ratio: float) -> dict[str, Any]:
+    return {"hosts": hosts, "forks": forks, "median_ratio": ratio, "pairs": []}
+
+
+def test_overhead_keeps_one_measurement_per_hosts_and_forks() -> None:
+    run_a = {"date": "a", "args": "--only overhead", "machine": {}, "duration_s": 1}
+    run_b = {"date": "b", "args": "--overhead-forks 50", "machine": {}, "duration_s": 2}
+    older = {"overhead": _overhead(20, 20, 1.015), "runs": {"overhead": run_a}}  # one measurement, run apart
+    merged = report.merge(older, {"overhead": [_overhead(100, 50, 1.1)]}, run_b)
+    assert [(o["hosts"], o["forks"], o["measured"]["date"]) for o in report.overheads(merged)] == [
+        (20, 20, "a"),
+        (100, 50, "b"),
+    ]
+    again = report.merge(merged, {"overhead": [_overhead(100, 50, 1.05)]}, run_a)
+    assert [o["median_ratio"] for o in report.overheads(again)] == [1.015, 1.05]
