@@ -114,7 +114,7 @@ stock-reference: venv image-stock target
 	$(PYTEST) tests/integration/test_stock_reference.py -n 2 $(PYTEST_ARGS)
 
 unit: venv
-	$(PYTEST) tests/unit -q
+	$(PYTEST) tests/unit tests/bench -q
 
 # ansible-core's own unit tests (executor, playbook, strategy) on the patched tree.
 core-tests: base

@@ -1,7 +1,8 @@
 """Fixtures shared by every layer of the suite.
 
-The suite has three layers, fastest first:
+The suite's layers, fastest first:
 - tests/unit: the task-timeout module and the patches, no container needed;
+- tests/bench: the benchmarks' arithmetic and report (host only: bench/ needs matplotlib);
 - tests/image: the built EE image, checked with pytest-testinfra;
 - tests/integration: real ansible-playbook runs inside the image against
   sshd targets that hang on purpose.
