@@ -218,6 +218,18 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _hosts_axis(ax: plt.Axes, ylabel: str, title: str, log: bool = True) -> None:
+    """A fleet panel: hosts on x (log scale where sizes span 25-1000), y from 0 unless wall time."""
+    ax.set_xlabel("hosts")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log:
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
     made: list[Path] = []
     if fleet := [r for r in results.get("fleet", []) if not r.get("error")]:
@@ -257,25 +269,9 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
             hold.axhline(limit + 2, color="red", linestyle=":", linewidth=1)
             hold.annotate(f"T + 2 s = {limit + 2} s", (0.01, limit + 2), xycoords=("axes fraction", "data"),
                           fontsize=7, color="red", va="bottom")  # fmt: skip
-        ax.set_xlabel("hosts")
-        ax.set_ylabel("wall time (s)")
-        ax.set_title("Fleet run with frozen hosts")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        per.set_xscale("log")
-        per.set_xlabel("hosts")
-        per.set_ylabel("ms per host")
-        per.set_title("Cost per host (goal: flat)")
-        per.set_ylim(bottom=0)
-        per.legend(fontsize=7)
-        per.grid(alpha=0.3)
-        hold.set_xscale("log")
-        hold.set_xlabel("hosts")
-        hold.set_ylabel("seconds")
-        hold.set_title("Task 1 held by frozen hosts, one run")
-        hold.set_ylim(bottom=0)
-        hold.legend(fontsize=7)
-        hold.grid(alpha=0.3)
+        _hosts_axis(ax, "wall time (s)", "Fleet run with frozen hosts", log=False)
+        _hosts_axis(per, "ms per host", "Cost per host (goal: flat)")
+        _hosts_axis(hold, "seconds", "Task 1 held by frozen hosts, one run")
         made.append(_save(fig, out / "fleet.png"))
     if latency := results.get("latency"):
         fig, ax = plt.subplots(figsize=(7, 4))
