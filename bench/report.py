@@ -39,6 +39,9 @@ def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict
     """
     merged = dict(old)
     runs = dict(old.get("runs", {}))
+    if "overhead" in old:  # each measurement carries its run (older results: one, its run apart)
+        merged["overhead"] = overheads(old)
+        runs.pop("overhead", None)
     for part, value in new.items():
         if part == "fleet":
             fresh = {_key(r) for r in value}
@@ -57,15 +60,11 @@ def merge(old: dict[str, Any], new: dict[str, Any], run: dict[str, Any]) -> dict
             runs[part] = fleet_runs
         elif part == "overhead":
             fresh = {_overhead_key(o) for o in value}
-            kept = [o for o in overheads(old) if _overhead_key(o) not in fresh]
+            kept = [o for o in merged.get(part, []) if _overhead_key(o) not in fresh]
             merged[part] = sorted(kept + [{**o, "measured": run} for o in value], key=_overhead_key)
-            runs.pop(part, None)
         else:
             merged[part] = value
             runs[part] = run
-    if "overhead" in merged:
-        merged["overhead"] = overheads(merged)
-        runs.pop("overhead", None)
     merged["runs"] = runs
     return merged
 
@@ -111,9 +110,10 @@ def held_s(row: dict[str, Any]) -> float | None:
 
     The task-1 span (its start to task 2's start) minus the healthy hosts' task-1 time, both from
     the patched frozen run: unlike "extra", which subtracts two runs made minutes apart on a shared
-    machine whose speed drifts by a third, this needs no second run. It stays under T + 2 s when
-    the frozen hosts cost one deadline; stock ansible-core never ends task 1. The frozen hosts are
-    last in the inventory, the worst place: their deadline starts after every healthy host's run did.
+    machine whose speed drifts by a fifth within the hour and more across days, this needs no
+    second run. It stays under T + 2 s when the frozen hosts cost one deadline; stock ansible-core
+    never ends task 1. The frozen hosts are last in the inventory, the worst place: their deadline
+    starts after every healthy host's run did.
     """
     span, healthy = row.get("patched_task1_s"), row.get("patched_task1_healthy_s")
     return None if span is None or healthy is None else round(span - healthy, 2)
