@@ -32,8 +32,8 @@ someone in the middle of writing a result):
   (the masters, ``cmd &``) re-parents to it, not to PID 1, and stays in its tree while it lives.
   When the controller ends in any way (normal exit, SIGTERM, SIGKILL, runner's killpg), the
   guardian sees EOF and kills every process carrying the run id, every registered worker still
-  alive with its descendants, and the ssh clients and masters it saw in the controller's tree
-  (it lists the tree every :data:`GUARD_POLL` seconds; see :class:`_RunWatch` for the race this
+  alive with its descendants, and the ssh clients and masters it saw among the controller's
+  children (it lists them every :data:`GUARD_POLL` seconds; see :class:`_RunWatch` for the race this
   leaves and how it is bounded), then exits. At a normal end of run the controller does the
   sweep itself (``atexit``), over the same candidates plus its whole tree, which is how the
   ControlPersist masters the run created are closed. Workers also get PR_SET_PDEATHSIG as a
@@ -91,14 +91,16 @@ SWEEP_GRACE = 2.0
 """Seconds between SIGTERM and SIGKILL when the run's leftovers are swept."""
 
 GUARD_POLL = 0.5
-"""How often the guardian lists the controller's descendants (and checks that it is alive)."""
+"""How often the guardian lists the controller's children (and checks that it is alive)."""
 
-REAP_INTERVAL = 1.0
+REAP_INTERVAL = 5.0
 """Least seconds between two scans for adopted zombies as workers start.
 
 A scan stats every child of the controller, and with ControlPersist every host of the run has a
 live master among them: scanning at each of thousands of worker starts made the cost per host
-grow with the fleet. An adopted zombie waits at most this long (and is reaped at the end)."""
+grow with the fleet, and at forks 50 a scan every second still cost the strategy's thread about
+0.5 s per 100 s run (each read hands the GIL to the results thread). An adopted zombie waits at
+most this long, holding only its pid (and is reaped at the end)."""
 
 _HEADER = struct.Struct("!Q")
 _MAX_FRAME = 1 << 31
@@ -534,7 +536,7 @@ class _Guard:
     controller_pid: int
     write_fd: int
     guardian: subprocess.Popen[bytes] | None
-    workers: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    workers: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     worker_pids: set[int] = dataclasses.field(default_factory=set)
     last_reap: float = 0.0
 
@@ -590,20 +592,23 @@ def ensure_run_guard() -> str:
 def register_worker(pid: int) -> None:
     """Tell the guardian about a forked worker: its /proc environ does not show the run id.
 
+    The worker is recorded as (pid, now in /proc starttime ticks), read from the clock, not from
+    /proc: this runs in the strategy's main thread between two forks, where every syscall hands
+    the GIL to the results thread (reading each new worker's stat here was a tenth of that thread's
+    time at forks 50). A live process with that pid and a starttime no later than the recorded
+    tick is the worker: a pid is reused only after its process was reaped.
+
     Also reaps the adopted processes that exited meanwhile (see :func:`reap_adopted_zombies`),
     at most every :data:`REAP_INTERVAL`.
     """
     guard = _guard
     if guard is None or guard.controller_pid != os.getpid():
         return
-    try:
-        create_time = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return
-    guard.workers.append((pid, create_time))
+    started_by = _now_ticks()
+    guard.workers.append((pid, started_by))
     guard.worker_pids.add(pid)
     with contextlib.suppress(OSError):
-        os.write(guard.write_fd, f"W {pid} {create_time!r}\n".encode())
+        os.write(guard.write_fd, f"W {pid} {started_by}\n".encode())
     now = time.monotonic()
     if now - guard.last_reap >= REAP_INTERVAL:
         guard.last_reap = now
@@ -624,6 +629,8 @@ def reap_adopted_zombies() -> list[int]:
     me = os.getpid()
     if guard is None or guard.controller_pid != me:
         return []
+    if not _zombie_child(guard.worker_pids):
+        return []
     keep = set(guard.worker_pids)
     if guard.guardian is not None:
         keep.add(guard.guardian.pid)
@@ -639,6 +646,19 @@ def reap_adopted_zombies() -> list[int]:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 reaped.append(pid)
     return reaped
+
+
+def _zombie_child(workers: set[int]) -> bool:
+    """Whether a child other than a known worker may be waiting to be reaped (one waitid, no reaping).
+
+    waitid(WNOWAIT) shows one waitable child: none means there is nothing to scan for; a worker
+    (multiprocessing reaps it) may hide others, so it does not rule a scan out.
+    """
+    try:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return info is not None and info.si_pid != 0
 
 
 def forget_run_guard_in_child() -> None:
@@ -658,6 +678,10 @@ def note_interrupted() -> None:
     """The controller got SIGINT/SIGTERM: its end-of-run sweep ends everything of the run, not only ssh."""
     global _interrupted
     _interrupted = True
+
+
+_SSH_COMMS = {b"ssh", b"sshpass"}
+"""The comm (executable name) of an ssh client or ControlPersist master."""
 
 
 def _is_ssh_cmdline(cmdline: list[str]) -> bool:
@@ -713,9 +737,15 @@ def _carries_run_id(proc: psutil.Process, run_id: str) -> bool:
         return False
 
 
+def _started_by(pid: int, ticks: int) -> bool:
+    """Whether `pid` is alive and started no later than `ticks` (a registered worker's own process)."""
+    stat = _stat(pid)
+    return stat is not None and stat.state != "Z" and stat.starttime <= ticks
+
+
 def find_run_processes(
     run_id: str,
-    workers: Iterable[tuple[int, float]],
+    workers: Iterable[tuple[int, int]],
     exclude: set[int],
     also: Callable[[int], bool] | None = None,
 ) -> list[psutil.Process]:
@@ -725,7 +755,7 @@ def find_run_processes(
     a worker, and the ssh masters the guardian remembered. Local ``async`` jobs (under an
     ``async_wrapper``) are spared: outliving the play is their point.
     """
-    wanted = {pid: ctime for pid, ctime in workers}
+    wanted = dict(workers)
     found: list[psutil.Process] = []
     spared: set[int] = set()
     for proc in psutil.process_iter(["pid", "cmdline", "status", "create_time"]):
@@ -738,28 +768,21 @@ def find_run_processes(
             with contextlib.suppress(psutil.Error):
                 spared.update(child.pid for child in proc.children(recursive=True))
             continue
-        registered = proc.pid in wanted and abs(wanted[proc.pid] - (info.get("create_time") or 0)) < 0.05
+        registered = proc.pid in wanted and _started_by(proc.pid, wanted[proc.pid])
         if registered or _carries_run_id(proc, run_id) or (also is not None and also(proc.pid)):
             found.append(proc)
     return [proc for proc in found if proc.pid not in spared]
 
 
-def _live_workers(workers: Iterable[tuple[int, float]]) -> list[int]:
-    """The registered workers still alive (same pid and create_time)."""
-    alive: list[int] = []
+def _live_workers(workers: Iterable[tuple[int, int]]) -> list[int]:
+    """The registered workers still alive (see :func:`register_worker` for how they are told apart)."""
     existing = set(psutil.pids())  # a long run registers many workers: look only at live pids
-    for pid, ctime in workers:
-        if pid not in existing:
-            continue
-        with contextlib.suppress(psutil.Error):
-            if abs(psutil.Process(pid).create_time() - ctime) < 0.05:
-                alive.append(pid)
-    return alive
+    return [pid for pid, ticks in workers if pid in existing and _started_by(pid, ticks)]
 
 
 def sweep(
     run_id: str,
-    workers: Iterable[tuple[int, float]],
+    workers: Iterable[tuple[int, int]],
     exclude: set[int],
     grace: float = SWEEP_GRACE,
     only: Callable[[psutil.Process], bool] | None = None,
@@ -774,7 +797,7 @@ def sweep(
     (a filter) is None or accepts them.
     """
     workers = list(workers)
-    worker_pids = {pid for pid, _ctime in workers}
+    worker_pids = {pid for pid, _ticks in workers}
     ended: list[int] = []
     for _round in range(5):
         tree: set[int] = set()
@@ -858,8 +881,8 @@ def _stat(pid: int) -> _Stat | None:
 
 
 def _now_ticks() -> int:
-    """Now, in the clock and unit of /proc/<pid>/stat's starttime."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK)
+    """Now, in the clock and unit of /proc/<pid>/stat's starttime (rounded down, as the kernel does)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) * _CLK_TCK // 1_000_000_000
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -912,14 +935,14 @@ class _RunWatch:
 
     OpenSSH's setproctitle() overwrites a ControlPersist master's whole argv+environ area, so
     /proc/<pid>/environ of a master never shows the run id, and daemon() puts it in its own
-    session. While the controller lives it is the master's subreaper, so the master is in the
-    controller's tree: each poll lists the controller's descendants (via
-    /proc/<pid>/task/*/children, not a scan of the whole process table) and remembers (pid,
-    starttime) of every ssh client and ``ssh: <path> [mux]`` master, and the directories of their
-    ControlPaths. After the controller's death those still alive with the same starttime are
-    killed (a reused pid is never hit).
+    session. While the controller lives it is the master's subreaper, so the master is one of
+    the controller's children: each poll lists them (via /proc/<pid>/task/*/children, not a scan
+    of the whole process table) and remembers (pid, starttime) of every ssh client and
+    ``ssh: <path> [mux]`` master among them, and the directories of their ControlPaths. After
+    the controller's death those still alive with the same starttime are killed (a reused pid is
+    never hit).
 
-    Remaining race: a master born after the last poll that listed the tree, right before a SIGKILL
+    Remaining race: a master born after the last poll that listed the children, right before a SIGKILL
     of the controller, was never seen. Bounded by :meth:`race_master`: after the death, a process
     is also killed if it is an ``ssh: <path> [mux]`` master, started after the start of the
     poll before the last one (and after the controller) and no later than the death plus one
@@ -940,7 +963,7 @@ class _RunWatch:
             self.ancestors.add(pid)
             parent = _stat(pid)
             pid = parent.ppid if parent is not None else 0
-        self.known: dict[int, tuple[int, bytes, bool]] = {}  # pid -> (starttime, comm, is ssh)
+        self.known: dict[int, int] = {}  # pid -> starttime of the controller's children
         self.remembered: dict[int, int] = {}  # pid -> starttime of the ssh processes seen
         default = os.environ.get("ANSIBLE_SSH_CONTROL_PATH_DIR") or "~/.ansible/cp"
         self.dirs: set[str] = {os.path.realpath(os.path.expanduser(default))}
@@ -948,22 +971,29 @@ class _RunWatch:
         self.window_end: int | None = None
 
     def poll(self) -> None:
-        """List the controller's descendants; remember the ssh clients and masters among them."""
+        """List the controller's children; remember the ssh clients and masters among them.
+
+        Its children, not its whole tree: ssh daemonises a ControlPersist master (fork, then
+        daemon()), so as subreaper the controller is the parent of every master, and an ssh client
+        carries the run id (or is below a registered worker, which the sweep covers). Only a pid
+        the previous poll did not list is read, and its cmdline only if its comm is ssh's: at forks
+        50 a walk of the whole tree took the guardian 4 % of a core and slowed the run it guards.
+        """
         start = _now_ticks()
-        known: dict[int, tuple[int, bytes, bool]] = {}
-        for pid in descendants(self.controller_pid):
-            stat = _stat(pid)
-            if stat is None or stat.state == "Z":
-                continue
-            entry = self.known.get(pid)
-            if entry is None or entry[:2] != (stat.starttime, stat.comm):  # new, or exec'd since
-                cmdline = _cmdline(pid) or []
-                is_ssh = _is_ssh_cmdline(cmdline)
-                if is_ssh:
-                    self.remembered[pid] = stat.starttime
-                    self.dirs.update(os.path.dirname(path) for path in _mux_socket(cmdline))
-                entry = (stat.starttime, stat.comm, is_ssh)
-            known[pid] = entry
+        known: dict[int, int] = {}  # pid -> starttime
+        for pid in _children(self.controller_pid):
+            starttime = self.known.get(pid)
+            if starttime is None:
+                stat = _stat(pid)
+                if stat is None or stat.state == "Z":
+                    continue
+                starttime = stat.starttime
+                if stat.comm in _SSH_COMMS:
+                    cmdline = _cmdline(pid) or []
+                    if _is_ssh_cmdline(cmdline):
+                        self.remembered[pid] = starttime
+                        self.dirs.update(os.path.dirname(path) for path in _mux_socket(cmdline))
+            known[pid] = starttime
         self.known = known
         for pid, starttime in list(self.remembered.items()):
             if pid not in known and not self._same(pid, starttime):
@@ -1001,7 +1031,7 @@ class _RunWatch:
 def guardian_main() -> None:
     """The guardian (own session, no run id): wait for the controller to end, then sweep the run.
 
-    argv: run id, controller pid, read fd. Lines ``W <pid> <create_time>`` register workers. EOF on
+    argv: run id, controller pid, read fd. Lines ``W <pid> <ticks>`` register workers. EOF on
     the pipe, or the controller's pid gone (should a stray process still hold the write end), means
     the controller ended. Every GUARD_POLL seconds while it lives, :class:`_RunWatch` records the
     ssh processes in its tree, which the sweep after its death adds to the run id and the workers.
@@ -1009,7 +1039,7 @@ def guardian_main() -> None:
     run_id, controller_pid, fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     with contextlib.suppress(OSError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the terminal's group is not ours to obey
-    workers: dict[int, float] = {}
+    workers: dict[int, int] = {}
     pending = b""
     normal_end = False
     try:
@@ -1040,7 +1070,7 @@ def guardian_main() -> None:
         for line in lines:
             parts = line.split()
             if len(parts) == 3 and parts[0] == b"W":
-                workers[int(parts[1])] = float(parts[2])
+                workers[int(parts[1])] = int(parts[2])
             elif parts == [b"Q"]:
                 normal_end = True  # the controller swept at its own exit
     if not normal_end:

@@ -185,6 +185,9 @@ for line in sys.stdin:
     elif cmd == "own-wait":
         print(own.wait(), flush=True)
         continue
+    elif cmd == "zombie?":
+        print(ctl._zombie_child(set()), flush=True)
+        continue
     elif cmd == "reap":
         print(" ".join(map(str, ctl.reap_adopted_zombies())), flush=True)
         continue
@@ -366,3 +369,63 @@ def test_adopted_daemons_are_reaped_not_left_defunct(
     assert not psutil.pid_exists(master.pid)
     assert ctrl.ask("own-wait") == "7"  # the controller's own subprocess kept its exit status
     assert psutil.Process(ctrl.guardian).status() != psutil.STATUS_ZOMBIE  # its own child: untouched
+
+
+def test_a_registered_worker_is_told_from_a_later_process_with_its_pid() -> None:
+    worker = subprocess.Popen(["sleep", "60"])
+    try:
+        registered = ctl._now_ticks()  # what register_worker records, right after the fork
+        assert ctl._started_by(worker.pid, registered)
+        end = time.monotonic() + 5
+        while ctl._now_ticks() <= registered and time.monotonic() < end:
+            time.sleep(0.001)
+        later = subprocess.Popen(["sleep", "60"])  # stands for a process that got a reaped worker's pid
+        try:
+            assert not ctl._started_by(later.pid, registered)
+            assert ctl._live_workers([(worker.pid, registered), (later.pid, registered)]) == [worker.pid]
+        finally:
+            later.kill()
+            later.wait()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert not ctl._started_by(worker.pid, registered)
+
+
+def test_zombie_precheck_sees_an_exited_daemon_without_reaping_it(
+    controllers: Callable[[str], Controller], tmp_path: Path
+) -> None:
+    ctrl = controllers("guard")
+    keep = ctrl.spawn("keep", f"{tmp_path}-keep")
+    assert ctrl.ask("zombie?") == "False"  # a live child is not waitable
+    keep.kill()
+    end = time.monotonic() + 5
+    while keep.status() != psutil.STATUS_ZOMBIE and time.monotonic() < end:
+        time.sleep(0.01)
+    assert ctrl.ask("zombie?") == "True"
+    assert keep.status() == psutil.STATUS_ZOMBIE  # still there for the scan to reap
+    assert ctrl.ask("reap") == str(keep.pid)
+    assert ctrl.ask("zombie?") == "False"
+
+
+def test_guardian_poll_reads_each_new_child_once_and_only_ssh_cmdlines(
+    controllers: Callable[[str], Controller], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctrl = controllers("plain")
+    master = ctrl.spawn("master", f"{tmp_path}/cp/m")
+    keep = ctrl.spawn("keep", f"{tmp_path}-keep")
+    assert {master.pid, keep.pid} <= {child.pid for child in psutil.Process(ctrl.pid).children()}
+    stats: list[int] = []
+    cmdlines: list[int] = []
+    stat, cmdline = ctl._stat, ctl._cmdline
+    monkeypatch.setattr(ctl, "_stat", lambda pid: stats.append(pid) or stat(pid))
+    monkeypatch.setattr(ctl, "_cmdline", lambda pid: cmdlines.append(pid) or cmdline(pid))
+    watch = ctl._RunWatch(ctrl.pid)
+    stats.clear()
+    watch.poll()
+    assert {master.pid, keep.pid} <= set(stats) and cmdlines == [master.pid]  # keep's comm is sleep
+    assert master.pid in watch.remembered and keep.pid not in watch.remembered
+    stats.clear()
+    watch.poll()
+    assert stats == [] and cmdlines == [master.pid]  # a poll of unchanged children reads no process
+    assert set(watch.known) >= {master.pid, keep.pid}
