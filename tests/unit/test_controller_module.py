@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -156,7 +157,7 @@ else:
     ansible_task_timeout.become_subreaper()
     print(0, flush=True)
 
-def daemon(argv0, exe):
+def daemon(argv0, exe, before=""):
     # OpenSSH's ControlPersist: fork, then daemon() (fork, the middle one exits, setsid); `env -i`
     # because setproctitle() leaves nothing of the run id in the master's /proc environ either
     pid = os.fork()
@@ -164,7 +165,8 @@ def daemon(argv0, exe):
         if os.fork() == 0:
             os.setsid()
             bash = shutil.which("bash")
-            os.execv("/usr/bin/env", ["env", "-i", bash, "-c", 'exec -a "$1" "$2" 300', "bash", argv0, exe])
+            script = before + 'exec -a "$1" "$2" 300'
+            os.execv("/usr/bin/env", ["env", "-i", bash, "-c", script, "bash", argv0, exe])
         os._exit(0)
     os.waitpid(pid, 0)
 
@@ -174,6 +176,8 @@ for line in sys.stdin:
         daemon(f"ssh: {arg} [mux]", SSH)
     elif cmd == "keep":  # a daemonised local job that is not ssh (nohup ... &)
         daemon(arg, shutil.which("sleep"))
+    elif cmd == "late-master":  # a daemon that runs a while as bash, then execs into a master in place
+        daemon(f"ssh: {arg} [mux]", SSH, "sleep 2; ")
     elif cmd == "interrupt":
         ctl.note_interrupted()
     elif cmd == "sweep":
@@ -200,7 +204,7 @@ class Controller:
         ssh = tmp_path / "bin" / "ssh"
         ssh.parent.mkdir(exist_ok=True)
         ssh.symlink_to(shutil.which("sleep") or "/usr/bin/sleep")
-        code = CONTROLLER.replace("SRC", repr(SRC), 1).replace("SSH)", f"{str(ssh)!r})", 1)
+        code = re.sub(r"\bSSH\b", repr(str(ssh)), CONTROLLER.replace("SRC", repr(SRC), 1))
         self.popen = subprocess.Popen(
             [sys.executable, "-c", code, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -408,7 +412,7 @@ def test_zombie_precheck_sees_an_exited_daemon_without_reaping_it(
     assert ctrl.ask("zombie?") == "False"
 
 
-def test_guardian_poll_reads_each_new_child_once_and_only_ssh_cmdlines(
+def test_guardian_poll_reads_only_what_may_have_changed(
     controllers: Callable[[str], Controller], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctrl = controllers("plain")
@@ -420,12 +424,30 @@ def test_guardian_poll_reads_each_new_child_once_and_only_ssh_cmdlines(
     stat, cmdline = ctl._stat, ctl._cmdline
     monkeypatch.setattr(ctl, "_stat", lambda pid: stats.append(pid) or stat(pid))
     monkeypatch.setattr(ctl, "_cmdline", lambda pid: cmdlines.append(pid) or cmdline(pid))
-    watch = ctl._RunWatch(ctrl.pid)
+    watch = ctl._RunWatch(ctrl.pid, {keep.pid: ctl._now_ticks()})  # keep stands for a registered worker
     stats.clear()
     watch.poll()
     assert {master.pid, keep.pid} <= set(stats) and cmdlines == [master.pid]  # keep's comm is sleep
     assert master.pid in watch.remembered and keep.pid not in watch.remembered
     stats.clear()
     watch.poll()
-    assert stats == [] and cmdlines == [master.pid]  # a poll of unchanged children reads no process
+    assert stats == [] and cmdlines == [master.pid]  # a remembered master and a worker are not read again
     assert set(watch.known) >= {master.pid, keep.pid}
+
+
+def test_guardian_remembers_a_child_that_execs_into_a_master_later(
+    controllers: Callable[[str], Controller], tmp_path: Path
+) -> None:
+    ctrl = controllers("plain")
+    title = f"ssh: {tmp_path}/cp/late [mux]"
+    assert ctrl.ask(f"late-master {tmp_path}/cp/late") == "ok"
+    watch = ctl._RunWatch(ctrl.pid)
+    end = time.monotonic() + 5
+    late = None
+    while late is None and time.monotonic() < end:  # the daemon, still bash, adopted by the controller
+        watch.poll()
+        late = next((pid for pid, (_start, comm) in watch.known.items() if comm == b"bash"), None)
+    assert late is not None and late not in watch.remembered
+    assert find_by_argv0(title).pid == late  # it has exec'd into the master, same pid
+    watch.poll()
+    assert late in watch.remembered

@@ -8,6 +8,7 @@ SIGTERM, runner's killpg SIGKILL, SIGKILL of ansible-playbook alone).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -173,9 +174,15 @@ def workers_of(pid: int) -> list[psutil.Process]:
     try:
         parent = psutil.Process(pid)
         cmdline = parent.cmdline()
-        return [c for c in parent.children() if c.cmdline() == cmdline and c.status() != psutil.STATUS_ZOMBIE]
+        children = parent.children()
     except psutil.Error:
         return []
+    found = []
+    for child in children:  # one child gone or defunct (cmdline() raises) must not hide the others
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline() == cmdline:
+                found.append(child)
+    return found
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:

@@ -93,14 +93,14 @@ SWEEP_GRACE = 2.0
 GUARD_POLL = 0.5
 """How often the guardian lists the controller's children (and checks that it is alive)."""
 
-REAP_INTERVAL = 5.0
+REAP_INTERVAL = 1.0
 """Least seconds between two scans for adopted zombies as workers start.
 
 A scan stats every child of the controller, and with ControlPersist every host of the run has a
 live master among them: scanning at each of thousands of worker starts made the cost per host
-grow with the fleet, and at forks 50 a scan every second still cost the strategy's thread about
-0.5 s per 100 s run (each read hands the GIL to the results thread). An adopted zombie waits at
-most this long, holding only its pid (and is reaped at the end)."""
+grow with the fleet. A scan is also skipped when waitid() shows no waitable child. An adopted
+zombie waits at most this long (and is reaped at the end): tried at 5 s, the zombies of killed
+workers' children lingered long enough to break tools that read the controller's children."""
 
 _HEADER = struct.Struct("!Q")
 _MAX_FRAME = 1 << 31
@@ -953,8 +953,9 @@ class _RunWatch:
     unpatched concurrent run, born in that second or two in the same directory.
     """
 
-    def __init__(self, controller_pid: int) -> None:
+    def __init__(self, controller_pid: int, workers: dict[int, int] | None = None) -> None:
         self.controller_pid = controller_pid
+        self.workers = workers if workers is not None else {}  # the registered workers (pid -> ticks)
         stat = _stat(controller_pid)
         self.controller_start = stat.starttime if stat is not None else 0
         self.ancestors: set[int] = {1}
@@ -963,7 +964,7 @@ class _RunWatch:
             self.ancestors.add(pid)
             parent = _stat(pid)
             pid = parent.ppid if parent is not None else 0
-        self.known: dict[int, int] = {}  # pid -> starttime of the controller's children
+        self.known: dict[int, tuple[int, bytes]] = {}  # the controller's children: pid -> (starttime, comm)
         self.remembered: dict[int, int] = {}  # pid -> starttime of the ssh processes seen
         default = os.environ.get("ANSIBLE_SSH_CONTROL_PATH_DIR") or "~/.ansible/cp"
         self.dirs: set[str] = {os.path.realpath(os.path.expanduser(default))}
@@ -976,24 +977,27 @@ class _RunWatch:
         Its children, not its whole tree: ssh daemonises a ControlPersist master (fork, then
         daemon()), so as subreaper the controller is the parent of every master, and an ssh client
         carries the run id (or is below a registered worker, which the sweep covers). Only a pid
-        the previous poll did not list is read, and its cmdline only if its comm is ssh's: at forks
-        50 a walk of the whole tree took the guardian 4 % of a core and slowed the run it guards.
+        the previous poll did not list, or that may have exec'd since (neither a registered worker,
+        which never execs, nor an ssh process already remembered), is read, and its cmdline only
+        if its comm is ssh's: at forks 50 a walk of the whole tree, reading everything at every
+        poll, took the guardian 4 % of a core and slowed the run it guards.
         """
         start = _now_ticks()
-        known: dict[int, int] = {}  # pid -> starttime
+        known: dict[int, tuple[int, bytes]] = {}
         for pid in _children(self.controller_pid):
-            starttime = self.known.get(pid)
-            if starttime is None:
-                stat = _stat(pid)
-                if stat is None or stat.state == "Z":
-                    continue
-                starttime = stat.starttime
-                if stat.comm in _SSH_COMMS:
-                    cmdline = _cmdline(pid) or []
-                    if _is_ssh_cmdline(cmdline):
-                        self.remembered[pid] = starttime
-                        self.dirs.update(os.path.dirname(path) for path in _mux_socket(cmdline))
-            known[pid] = starttime
+            entry = self.known.get(pid)
+            if entry is not None and (pid in self.workers or pid in self.remembered):
+                known[pid] = entry
+                continue
+            stat = _stat(pid)
+            if stat is None or stat.state == "Z":
+                continue
+            if entry != (stat.starttime, stat.comm) and stat.comm in _SSH_COMMS:  # new, or exec'd since
+                cmdline = _cmdline(pid) or []
+                if _is_ssh_cmdline(cmdline):
+                    self.remembered[pid] = stat.starttime
+                    self.dirs.update(os.path.dirname(path) for path in _mux_socket(cmdline))
+            known[pid] = (stat.starttime, stat.comm)
         self.known = known
         for pid, starttime in list(self.remembered.items()):
             if pid not in known and not self._same(pid, starttime):
@@ -1034,7 +1038,8 @@ def guardian_main() -> None:
     argv: run id, controller pid, read fd. Lines ``W <pid> <ticks>`` register workers. EOF on
     the pipe, or the controller's pid gone (should a stray process still hold the write end), means
     the controller ended. Every GUARD_POLL seconds while it lives, :class:`_RunWatch` records the
-    ssh processes in its tree, which the sweep after its death adds to the run id and the workers.
+    ssh processes among its children, which the sweep after its death adds to the run id and the
+    workers.
     """
     run_id, controller_pid, fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     with contextlib.suppress(OSError):
@@ -1046,7 +1051,7 @@ def guardian_main() -> None:
         controller = psutil.Process(controller_pid)
     except psutil.Error:
         controller = None
-    watch = _RunWatch(controller_pid)
+    watch = _RunWatch(controller_pid, workers)
     next_poll = 0.0
     while controller is not None:
         now = time.monotonic()
