@@ -34,8 +34,9 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = REPO / "ansible-navigator.yml"
-DEMO_LIMIT_S = 6
-"""The demo play's `task_timeout` (tests/playbooks/demo.yml)."""
+DEMO_LIMIT_S = 10
+"""The demo play's `task_timeout` (tests/playbooks/demo.yml). It was 6 s until a clean-clone CI run
+where a healthy host's `sleep 2` took over 6 s while the other xdist worker loaded the machine."""
 FROZEN = "demo3"
 OUTER_LIMIT_S = 150.0
 _n = itertools.count(1)
