@@ -629,7 +629,7 @@ def reap_adopted_zombies() -> list[int]:
     me = os.getpid()
     if guard is None or guard.controller_pid != me:
         return []
-    if not _zombie_child(guard.worker_pids):
+    if not _zombie_child():
         return []
     keep = set(guard.worker_pids)
     if guard.guardian is not None:
@@ -648,8 +648,8 @@ def reap_adopted_zombies() -> list[int]:
     return reaped
 
 
-def _zombie_child(workers: set[int]) -> bool:
-    """Whether a child other than a known worker may be waiting to be reaped (one waitid, no reaping).
+def _zombie_child() -> bool:
+    """Whether a child may be waiting to be reaped (one waitid, no reaping).
 
     waitid(WNOWAIT) shows one waitable child: none means there is nothing to scan for; a worker
     (multiprocessing reaps it) may hide others, so it does not rule a scan out.
@@ -680,14 +680,13 @@ def note_interrupted() -> None:
     _interrupted = True
 
 
-_SSH_COMMS = {b"ssh", b"sshpass"}
-"""The comm (executable name) of an ssh client or ControlPersist master."""
+_SSH_NAMES = frozenset({"ssh", "sshpass"})
+"""Executable names of an ssh client; a ControlPersist master keeps "ssh" as its comm."""
+_SSH_COMMS = frozenset(name.encode() for name in _SSH_NAMES)
 
 
 def _is_ssh_cmdline(cmdline: list[str]) -> bool:
-    return bool(cmdline) and (
-        os.path.basename(cmdline[0]) in {"ssh", "sshpass"} or _mux_path(cmdline) is not None
-    )
+    return bool(cmdline) and (os.path.basename(cmdline[0]) in _SSH_NAMES or _mux_path(cmdline) is not None)
 
 
 def _is_ssh(proc: psutil.Process) -> bool:
@@ -758,7 +757,7 @@ def find_run_processes(
     wanted = dict(workers)
     found: list[psutil.Process] = []
     spared: set[int] = set()
-    for proc in psutil.process_iter(["pid", "cmdline", "status", "create_time"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         info = proc.info
         if proc.pid in exclude or info.get("status") == psutil.STATUS_ZOMBIE:
             continue

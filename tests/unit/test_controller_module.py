@@ -190,7 +190,7 @@ for line in sys.stdin:
         print(own.wait(), flush=True)
         continue
     elif cmd == "zombie?":
-        print(ctl._zombie_child(set()), flush=True)
+        print(ctl._zombie_child(), flush=True)
         continue
     elif cmd == "reap":
         print(" ".join(map(str, ctl.reap_adopted_zombies())), flush=True)
