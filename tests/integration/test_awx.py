@@ -33,7 +33,8 @@ from verdict import AFTER_TASKS, DEADLINE_SLACK_S, EARLY_MARGIN_S, timeout_msg_o
 
 pytestmark = pytest.mark.integration
 
-LIMIT_S = int(os.environ.get("TT_LIMIT_S", "6"))
+LIMIT_S = int(os.environ.get("TT_LIMIT_S", "10"))
+"""Also bounds a healthy host's first task (ssh handshake + module): over 6 s now and then on 2 busy cores."""
 OUTER_LIMIT_S = 120.0
 HEALTHY = 3
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"

@@ -25,7 +25,8 @@ from verdict import guarantee_problems
 
 pytestmark = pytest.mark.integration
 
-LIMIT_S = int(os.environ.get("TT_LIMIT_S", "6"))
+LIMIT_S = int(os.environ.get("TT_LIMIT_S", "10"))
+"""Also bounds a healthy host's first task (ssh handshake + module): over 6 s now and then on 2 busy cores."""
 OUTER_LIMIT_S = 90.0
 HEALTHY = 3
 _n = itertools.count(1)

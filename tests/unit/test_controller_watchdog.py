@@ -224,7 +224,7 @@ def sleeps(marker: str) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("mode", ["mask_alarm", "c_sleep"])
 def test_watchdog_ends_a_worker_the_alarm_cannot_reach(tmp_path: Path, mode: str) -> None:
-    limit = 3
+    limit = 6  # the healthy hosts' 1 s probe plus python start-up runs under it too, on loaded cores
     env = write_project(
         tmp_path,
         f"""

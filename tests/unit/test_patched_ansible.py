@@ -55,6 +55,7 @@ def run_playbook(
                 dest: "{out}/{{{{ inventory_hostname }}}}.json"
                 content: "{{{{ hostvars[inventory_hostname] | dict2items
                   | selectattr('key', 'match', '^r[0-9]+$') | items2dict | to_json }}}}"
+              task_timeout: 60  # wins over the play/config limit a test sets: the results must not be lost
         """
     ).format(
         hosts=hosts,
@@ -111,7 +112,7 @@ def test_other_hosts_go_on_and_is_timedout_works(tmp_path: Path) -> None:
         tmp_path,
         f"""
         - command: "{{{{ 'sleep {SLEEP}' if inventory_hostname == 'a' else 'true' }}}}"
-          task_timeout: 2
+          task_timeout: 5
           register: r1
         - assert:
             that: r1 is not timedout
@@ -129,13 +130,13 @@ def test_deadline_covers_all_loop_items_unlike_upstream_timeout(tmp_path: Path) 
     results, _elapsed, proc = run_playbook(
         tmp_path,
         """
-        - command: sleep 1.5
+        - command: sleep 2
           loop: [1, 2, 3]
-          timeout: 3
+          timeout: 5
           register: r1
-        - command: sleep 1.5
+        - command: sleep 2
           loop: [1, 2, 3]
-          task_timeout: 3
+          task_timeout: 5
           register: r2
           ignore_errors: true
         - assert:
