@@ -181,7 +181,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"medians {o['patched_median_s']:.2f} s vs {o['stock_median_s']:.2f} s. "
             f"CPU seconds of the EE's processes: median ratio {o['median_cpu_ratio']:.3f} "
             f"(min {o['min_cpu_ratio']:.3f}, max {o['max_cpu_ratio']:.3f}; "
-            f"{o['patched_median_cpu_s']:.2f} s vs {o['stock_median_cpu_s']:.2f} s). "
+            f"{o['patched_median_cpu_s']:.2f} s vs {o['stock_median_cpu_s']:.2f} s"
+            + (
+                f"; the controller's own: {o['patched_median_controller_cpu_s']:.2f} s vs "
+                f"{o['stock_median_controller_cpu_s']:.2f} s"
+                if "patched_median_controller_cpu_s" in o
+                else ""
+            )
+            + "). "
             f"Controller peak RSS: patched {o['patched_peak_mib']} MiB, stock {o['stock_peak_mib']} MiB "
             f"({_origin(o['measured'])}).",
             "",
