@@ -74,26 +74,24 @@ def overhead_benchmark(n: int, forks: int, pairs: int, limit_s: int) -> dict[str
             runs.append(pair)
     ratios = [r["ratio"] for r in runs]
     cpu_ratios = [r["cpu_ratio"] for r in runs]
-    return {
+
+    def median(key: str, digits: int) -> float:
+        return round(statistics.median(r[key] for r in runs), digits)
+
+    summary: dict[str, Any] = {
         "hosts": n,
         "forks": forks,
         "pairs": runs,
         "median_ratio": round(statistics.median(ratios), 4),
         "min_ratio": min(ratios),
         "max_ratio": max(ratios),
-        "patched_median_s": round(statistics.median(r["patched_s"] for r in runs), 3),
-        "stock_median_s": round(statistics.median(r["stock_s"] for r in runs), 3),
         "median_cpu_ratio": round(statistics.median(cpu_ratios), 4),
         "min_cpu_ratio": min(cpu_ratios),
         "max_cpu_ratio": max(cpu_ratios),
-        "patched_median_cpu_s": round(statistics.median(r["patched_cpu_s"] for r in runs), 2),
-        "stock_median_cpu_s": round(statistics.median(r["stock_cpu_s"] for r in runs), 2),
-        "patched_median_controller_cpu_s": round(
-            statistics.median(r["patched_controller_cpu_s"] for r in runs), 2
-        ),
-        "stock_median_controller_cpu_s": round(
-            statistics.median(r["stock_controller_cpu_s"] for r in runs), 2
-        ),
-        "patched_peak_mib": max(r["patched_maxrss_mib"] for r in runs),
-        "stock_peak_mib": max(r["stock_maxrss_mib"] for r in runs),
     }
+    for kind in ("patched", "stock"):
+        summary[f"{kind}_median_s"] = median(f"{kind}_s", 3)
+        summary[f"{kind}_median_cpu_s"] = median(f"{kind}_cpu_s", 2)
+        summary[f"{kind}_median_controller_cpu_s"] = median(f"{kind}_controller_cpu_s", 2)
+        summary[f"{kind}_peak_mib"] = max(r[f"{kind}_maxrss_mib"] for r in runs)
+    return summary
