@@ -17,6 +17,8 @@ CA_BUNDLE        ?= $(or $(shell python3 -m pip config get global.cert 2>/dev/nu
 # --network for image builds, e.g. BUILD_NETWORK=host when the bridge cannot reach mirrors.
 BUILD_NETWORK    ?=
 PYTEST_ARGS      ?=
+# e.g. REFEREE_ARGS="--set quick" or "--targets handlers,blocks" (scripts/referee --help)
+REFEREE_ARGS     ?=
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -28,7 +30,7 @@ BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMA
 	$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK))
 
 .PHONY: help demo test stock-reference host-deps venv base context check-context image image-stock target \
-	unit core-tests lint format bench clean clean-base
+	unit core-tests lint format bench clean clean-base referee referee-reference
 
 help:
 	@echo "make demo     build what is missing, show a frozen host timed out while four others finish"
@@ -36,6 +38,7 @@ help:
 	@echo "make image    build $(EE_IMAGE) and $(IMAGE):$(VERSION) (BASE_IMAGE=, CA_BUNDLE=, CONTAINER_ENGINE=)"
 	@echo "make context  regenerate context/ from execution-environment.yml; check-context verifies it"
 	@echo "make bench    run the benchmarks in bench/, results in bench/results/"
+	@echo "make referee  ansible-core's own integration targets, stock vs patched (REFEREE_ARGS=)"
 
 # ---- what a fresh machine needs --------------------------------------------------------
 
@@ -127,6 +130,15 @@ lint: venv
 format: venv
 	$(RUFF) format .
 	$(RUFF) check --fix .
+
+# ansible-core's own integration targets (tests/referee, docs/referee.md) on the stock and the
+# patched image, compared: fails naming each target that passes on stock and fails or hangs
+# patched. referee-reference rewrites the committed stock side, tests/referee/stock-reference.json.
+referee: image image-stock
+	BUILD_NETWORK=$(BUILD_NETWORK) scripts/referee $(REFEREE_ARGS)
+
+referee-reference: image-stock
+	BUILD_NETWORK=$(BUILD_NETWORK) scripts/referee --stock-only --write-reference $(REFEREE_ARGS)
 
 bench: venv image image-stock target
 	$(PY) -m bench $(BENCH_ARGS)
