@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,18 +44,51 @@ KEYWORD = "task_timeout"
 MAX_TASK_TIMEOUT = 365 * 24 * 3600
 """Largest accepted limit (one year): anything larger is a typo, not a deadline."""
 
-KILL_GRACE = 3.0
-"""Seconds between SIGTERM and SIGKILL, and again to reap, when killing a process tree."""
+# --------------------------------------------------------------------------- bounds
+# Every wait after a deadline, in one place and derived from each other. The worker's own path
+# (alarm, unwind, kill and release, send) is budgeted to end inside WATCHDOG_GRACE; the watchdog
+# in the controller gives the hard bound, RESULT_BOUND, whatever the worker does.
 
-MASTER_EXIT_TIMEOUT = 3.0
-"""Bound for ``ssh -O exit``: the master answers locally, but nothing here may wait forever."""
+KILL_GRACE = 1.0
+"""Seconds between SIGTERM and SIGKILL, and again to reap, when a worker kills its process tree."""
+
+MASTER_EXIT_TIMEOUT = 1.0
+"""Bound for ``ssh -O stop``: the master answers locally, but nothing here may wait forever."""
+
+UNWIND_GRACE = 1.0
+"""After a deadline fired, the alarm re-fires every this many seconds until the scope is left,
+so no ``finally`` block (remote cleanup, connection close, an over-broad ``except``) can hang."""
+
+REAP_BUDGET = 2.5
+"""The worker's whole kill-and-release after a timeout (:func:`reap_after_timeout`): later steps
+are skipped once it is spent, and what is left to the watchdog, the guardian and the run's end."""
+
+SEND_MARGIN = 1.0
+"""What the worker keeps for building and writing its timeout result."""
+
+WATCHDOG_GRACE = UNWIND_GRACE + REAP_BUDGET + SEND_MARGIN
+"""Seconds after ``task_timeout`` before the controller kills a worker that did not report: one
+blocking ``finally`` interrupted, the budgeted reap and the send fit in it."""
+
+RESULTS_POLL = 0.2
+"""Longest the controller's results thread blocks before it re-checks deadlines and dead workers."""
+
+WATCHDOG_KILL_WAIT = 1.0
+"""How long the watchdog waits for a SIGKILLed worker tree before it records the result."""
+
+RESULT_BOUND = WATCHDOG_GRACE + RESULTS_POLL + WATCHDOG_KILL_WAIT
+"""The hard bound: a timed-out task's result is recorded at most this long after ``task_timeout``
+(from the worker's start as the controller sees it), whatever the worker does. A worker that
+cooperates, the usual case, reports within a few tenths of a second of the limit."""
 
 CLEANUP_LIMIT = 10.0
 """Bound for the remote tmp cleanup of an attempt that did *not* time out, when a limit is in force."""
 
-UNWIND_GRACE = 5.0
-"""After a deadline fired, the alarm re-fires every this many seconds until the scope is left,
-so no ``finally`` block (remote cleanup, connection close, an over-broad ``except``) can hang."""
+RESOLVE_LIMIT = 60
+"""Bound for templating a ``task_timeout`` value in the worker (a lookup may hang as well)."""
+
+assert UNWIND_GRACE + REAP_BUDGET < WATCHDOG_GRACE, "the worker's own timeout path must end first"
+assert 2 * KILL_GRACE <= REAP_BUDGET, "one kill round (SIGTERM, wait, SIGKILL, wait) fits the budget"
 
 _CONTROL_PATH_RE = re.compile(r"ControlPath=(?:\"([^\"]+)\"|'([^']+)'|(\S+))")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -78,6 +112,27 @@ class TaskDeadlineExceeded(BaseException):
 
 class _CleanupTimeout(BaseException):
     """Raised when a bounded remote cleanup outlives :data:`CLEANUP_LIMIT`."""
+
+
+class _ResolveTimeout(BaseException):
+    """Raised when templating a ``task_timeout`` value outlives :data:`RESOLVE_LIMIT`."""
+
+
+def warn(message: str) -> None:
+    """One warning line: through ansible's Display where ansible is loaded, else on stderr."""
+    display = sys.modules.get("ansible.utils.display")
+    if display is not None:
+        with contextlib.suppress(Exception):
+            display.Display().warning(message)
+            return
+    print(f"[WARNING]: {message}", file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitNotice:
+    """Sent by a worker to the controller: the limit it resolved from a templated ``task_timeout``."""
+
+    limit: int
 
 
 # --------------------------------------------------------------------------- values and results
@@ -106,17 +161,42 @@ def resolve_limit(
 ) -> int:
     """Template `raw` with `render` (the task's templar) if it is a string, then validate it.
 
-    Runs in the worker, per host, so a bad or undefined value fails that task on that host only.
+    Runs once, in the worker, per host, so a bad or undefined value fails that task on that host
+    only; the templating is bounded by :data:`RESOLVE_LIMIT` (a lookup may hang as well).
     """
     value = raw
     if isinstance(raw, str) and render is not None:
         try:
-            value = render(raw)
+            with alarm(RESOLVE_LIMIT, _ResolveTimeout):
+                value = render(raw)
+        except _ResolveTimeout:
+            raise TaskTimeoutValueError(
+                f"Invalid value for {keyword}: {raw!r} could not be resolved within {RESOLVE_LIMIT} s"
+            ) from None
         except Exception as ex:  # undefined variables, syntax errors: all are "bad value"
             raise TaskTimeoutValueError(
                 f"Invalid value for {keyword}: {raw!r} could not be resolved: {ex}"
             ) from ex
     return validate_limit(value, keyword)
+
+
+def literal_limit(raw: object) -> int | None:
+    """The limit when `raw` needs no templating; None when only the worker can resolve it.
+
+    The controller never templates the value: for a template (or a bad value, which the worker
+    reports at once) its watchdog starts with a provisional deadline and learns the limit from
+    the worker (:func:`announce_limit`).
+    """
+    try:
+        return validate_limit(raw)
+    except TaskTimeoutValueError:
+        return None
+
+
+def announce_limit(raw: object, limit: int, send: Callable[[object], None]) -> None:
+    """In the worker: tell the controller the limit resolved from a template (a :class:`LimitNotice`)."""
+    if literal_limit(raw) is None:
+        send(LimitNotice(limit))
 
 
 def timed_out_message(limit: int) -> str:
@@ -158,22 +238,46 @@ class _Scope:
 class _AlarmState:
     scopes: list[_Scope] = dataclasses.field(default_factory=list)
     previous_handler: object = None
-    critical_depth: int = 0
     pending: bool = False
     last_fired: BaseException | None = None
 
 
 _state = _AlarmState()
+_sections = threading.local()
+"""Per thread: how deep this thread is in sections that keep SIGALRM out (:func:`critical_section`)."""
+
+DEFERRED_REFIRE = 0.05
+"""A deferred alarm also re-arms the timer this soon, so it is not lost if its section is left by
+an exception before the alarm could be raised at its end."""
+
+
+def _depth() -> int:
+    return getattr(_sections, "depth", 0)
 
 
 @contextlib.contextmanager
-def _sigalrm_blocked() -> Iterator[None]:
-    """Block SIGALRM at the OS level for a few statements (state changes, queue writes)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+def _sigalrm_deferred() -> Iterator[None]:
+    """Keep SIGALRM out of a few statements of this thread; an alarm meanwhile is raised at the end.
+
+    The depth goes up *before* the mask changes: CPython's pthread_sigmask() runs a Python handler
+    that is already pending inside the call, and that handler must see the section and only note
+    the alarm (raising there, on entry, would leave SIGALRM blocked for the rest of the worker).
+    The depth is per thread: Python runs handlers in the main thread, and a section in another
+    thread (a display call from a helper thread) must not defer the main thread's deadline.
+    """
+    _sections.depth = _depth() + 1
     try:
-        yield
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending alarm is noted in here
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _sections.depth -= 1
+        if not _sections.depth and _state.pending and threading.current_thread() is threading.main_thread():
+            _state.pending = False
+            if _state.scopes:
+                _fire()
 
 
 def _rearm() -> None:
@@ -202,11 +306,25 @@ def _fire() -> None:
 
 
 def _on_alarm(_signum: int, _frame: types.FrameType | None) -> None:
-    """SIGALRM handler: raise now, or after the current critical section (W9)."""
-    if _state.critical_depth:
+    """SIGALRM handler (main thread): raise now, or at the end of the main thread's section."""
+    if _depth():
         _state.pending = True
+        signal.setitimer(signal.ITIMER_REAL, DEFERRED_REFIRE)
         return
     _fire()
+
+
+def _refuse_foreign_alarm() -> None:
+    """Keep upstream's rule that an alarm never silently replaces someone else's (its messages too).
+
+    Our own scopes nest (the whole-task deadline around a per-attempt timeout); a SIGALRM handler
+    or an armed timer of anybody else's makes the outermost scope refuse to start.
+    """
+    handler = signal.getsignal(signal.SIGALRM)
+    if handler not in (signal.SIG_DFL, None):
+        raise RuntimeError("An existing alarm handler was present.")
+    if signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+        raise RuntimeError("An existing alarm was set.")
 
 
 @contextlib.contextmanager
@@ -214,16 +332,17 @@ def alarm(seconds: float, make_exc: Callable[[], BaseException]) -> Iterator[Non
     """Raise ``make_exc()`` in this (main) thread if the body outlives `seconds` (<= 0: no limit).
 
     Unlike upstream's alarm_timeout this nests (task deadline around per-attempt timeout share one
-    ITIMER_REAL), restores the previous handler instead of SIG_DFL, and uses setitimer for
-    sub-second remainders. Disarming happens with SIGALRM blocked, and a signal still pending then
-    is discarded, so it can neither hit SIG_DFL (which would kill the worker) nor fire after the
-    body completed (W10).
+    ITIMER_REAL) and uses setitimer for sub-second remainders; like it, it refuses a foreign alarm
+    and leaves SIG_DFL behind. Disarming happens with SIGALRM kept out, and a signal still pending
+    then is discarded, so it can neither hit SIG_DFL (which would kill the worker) nor fire after
+    the body completed.
     """
     if seconds <= 0:
         yield
         return
-    with _sigalrm_blocked():
+    with _sigalrm_deferred():
         if not _state.scopes:
+            _refuse_foreign_alarm()
             _state.previous_handler = signal.signal(signal.SIGALRM, _on_alarm)
         scope = _Scope(deadline=time.monotonic() + seconds, make_exc=make_exc)
         _state.scopes.append(scope)
@@ -231,7 +350,7 @@ def alarm(seconds: float, make_exc: Callable[[], BaseException]) -> Iterator[Non
     try:
         yield
     finally:
-        with _sigalrm_blocked():
+        with _sigalrm_deferred():
             _state.scopes.remove(scope)
             if not _state.scopes:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -269,22 +388,13 @@ def is_alarm_exception(exc: BaseException | None) -> bool:
 
 @contextlib.contextmanager
 def critical_section() -> Iterator[None]:
-    """Keep SIGALRM out of a write that must not be torn, such as a FinalQueue frame (W9).
+    """Keep SIGALRM out of a write that must not be torn, such as a FinalQueue frame.
 
-    The signal is blocked at OS level; a Python-level handler that is already pending only notes
-    the alarm, and the exception is raised here, after the write completed.
+    An alarm that comes meanwhile is raised here, after the write completed (in the main thread;
+    a section of another thread does not defer it, see :func:`_sigalrm_deferred`).
     """
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    _state.critical_depth += 1
-    try:
+    with _sigalrm_deferred():
         yield
-    finally:
-        _state.critical_depth -= 1
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        if not _state.critical_depth and _state.pending:
-            _state.pending = False
-            if _state.scopes:
-                _fire()
 
 
 @contextlib.contextmanager
@@ -337,17 +447,28 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def kill_process_tree(
-    root: int | None = None, include_root: bool = False, grace: float = KILL_GRACE
+    root: int | None = None,
+    include_root: bool = False,
+    grace: float = KILL_GRACE,
+    spare: Iterable[int] = (),
+    deadline: float | None = None,
 ) -> list[int]:
     """Kill every descendant of `root` (default: this process): SIGTERM, wait, SIGKILL; then reap.
 
     Recursive because local modules run as ``sh -> python -> cmd``. Repeats while new descendants
-    appear (a shell may fork between listing and killing). Returns the pids that were signalled.
+    appear (a shell may fork between listing and killing), but starts no round after `deadline`
+    (monotonic) and shortens the grace to fit it. The processes in `spare` and their own
+    descendants are left alone (an ssh master that other tasks' sessions go through, with its
+    ProxyCommand). Returns the pids that were signalled.
     """
     try:
         top = psutil.Process(os.getpid() if root is None else root)
     except psutil.NoSuchProcess:
         return []
+    spared = set(spare)
+    for pid in list(spared):
+        with contextlib.suppress(psutil.Error):
+            spared.update(child.pid for child in psutil.Process(pid).children(recursive=True))
     signalled: list[int] = []
     for _round in range(5):
         try:
@@ -356,10 +477,15 @@ def kill_process_tree(
             procs = []
         if include_root and _round == 0:
             procs.append(top)
-        procs = [p for p in procs if _alive(p)]
+        procs = [p for p in procs if p.pid not in spared and _alive(p)]
         if not procs:
             break
-        end_processes(procs, grace)
+        round_grace = grace
+        if deadline is not None:
+            if _round and time.monotonic() >= deadline:
+                break
+            round_grace = min(grace, max(deadline - time.monotonic(), 0.0) / 2)
+        end_processes(procs, round_grace)
         signalled.extend(proc.pid for proc in procs)
     _reap_zombie_children()
     return signalled
@@ -412,17 +538,25 @@ def control_paths_from_cmdline(cmdline: Iterable[str]) -> set[str]:
     return found
 
 
-def control_paths_in_tree(root: int | None = None) -> set[str]:
-    """ControlPaths used by ssh clients below `root`; read *before* they are killed."""
-    found: set[str] = set()
+def ssh_in_tree(root: int | None = None) -> tuple[set[str], dict[int, str]]:
+    """ControlPaths named by the ssh clients below `root`, and the masters there (pid -> path).
+
+    Read *before* anything is killed: a worker is a subreaper, so a master it started (daemonised
+    by OpenSSH) is its child until it exits, and the masters outlive their clients.
+    """
+    paths: set[str] = set()
+    masters: dict[int, str] = {}
     try:
         procs = psutil.Process(os.getpid() if root is None else root).children(recursive=True)
     except psutil.NoSuchProcess:
-        return found
+        return paths, masters
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            found |= control_paths_from_cmdline(proc.cmdline())
-    return found
+            cmdline = proc.cmdline()
+            if (path := mux_master_path(cmdline)) is not None:
+                masters[proc.pid] = path
+            paths |= control_paths_from_cmdline(cmdline)
+    return paths | set(masters.values()), masters
 
 
 def control_path_of_connection(connection: object) -> str | None:
@@ -441,31 +575,87 @@ def control_path_of_connection(connection: object) -> str | None:
     return path
 
 
-def close_control_master(control_path: str, timeout: float = MASTER_EXIT_TIMEOUT) -> list[int]:
-    """Close the ControlPersist master of `control_path` and remove its socket; return killed pids.
+def mux_master_path(cmdline: Sequence[str]) -> str | None:
+    """The socket of an ssh ControlPersist master from its proctitle ``ssh: <path> [mux]``.
 
-    The master is daemonised by OpenSSH (ppid 1, own session), so it is not found by walking our
-    tree unless we were its subreaper; it is found by its proctitle ``ssh: <path> [mux]``. First a
-    polite, bounded ``ssh -O exit``, then SIGTERM/SIGKILL of whatever still names the path.
+    OpenSSH's setproctitle() writes the title over argv and pads the rest of the argv+environ area
+    with NULs, so psutil shows ``["ssh: <path> [mux]", "", "", ...]``: look at the first word.
     """
-    ssh = shutil.which("ssh")
-    if ssh and os.path.exists(control_path):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                [ssh, "-O", "exit", "-o", f"ControlPath={control_path}", "ansible-task-timeout"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=timeout,
-                check=False,
-            )
-    me = os.getpid()
-    masters: list[psutil.Process] = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    if not cmdline:
+        return None
+    text = cmdline[0].strip()
+    if text.startswith("ssh: ") and text.endswith(" [mux]"):
+        return text[len("ssh: ") : -len(" [mux]")].strip() or None
+    return None
+
+
+def is_mux_master(cmdline: Sequence[str]) -> bool:
+    """An ssh ControlPersist master: ``ssh: <path> [mux]``, or ``ssh: [stopped mux]`` after ``-O stop``."""
+    return bool(cmdline) and cmdline[0].startswith("ssh: ") and cmdline[0].rstrip().endswith("mux]")
+
+
+def _masters_of(control_path: str) -> list[psutil.Process]:
+    """The live ControlPersist masters listening on `control_path`."""
+    return [
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if mux_master_path(proc.info.get("cmdline") or []) == control_path and _alive(proc)
+    ]
+
+
+def control_path_clients(control_path: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """Live ssh clients (not masters) whose command line names `control_path`: another task's session."""
+    skip = {os.getpid(), *exclude}
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
         cmdline = proc.info.get("cmdline") or []
-        if proc.pid != me and any(control_path in arg for arg in cmdline):
-            masters.append(proc)
-    end_processes(masters, timeout)
+        if proc.pid in skip or proc.info.get("status") == psutil.STATUS_ZOMBIE or is_mux_master(cmdline):
+            continue
+        if control_path in control_paths_from_cmdline(cmdline):
+            found.append(proc)
+    return found
+
+
+def _ssh_control(command: str, control_path: str, timeout: float) -> None:
+    """``ssh -O <command>`` to the master of `control_path`: answered locally, bounded all the same."""
+    ssh = shutil.which("ssh")
+    if ssh is None or not os.path.exists(control_path):
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [ssh, "-O", command, "-o", f"ControlPath={control_path}", "ansible-task-timeout"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def release_control_master(
+    control_path: str,
+    timeout: float = MASTER_EXIT_TIMEOUT,
+    wait: Callable[[Sequence[psutil.Process], float], None] | None = None,
+) -> list[int]:
+    """Let go of the ControlPersist master of `control_path` after a timeout; return the pids ended.
+
+    ansible's ControlPath hashes only host, port and user, so one master can carry the sessions of
+    several live tasks (hosts that ``delegate_to`` one bastion, two inventory names for one
+    machine). So the master is first told to accept no new session (``ssh -O stop``: the next task
+    opens a fresh master, and one stuck on a frozen host takes nobody new with it), and is ended
+    only if no other process's command line still names its ControlPath. Otherwise it serves the
+    live sessions to their end and then exits by itself (or at the end of the run). Stop first,
+    look second: a client that attaches after the look cannot exist, since the socket is gone.
+    The caller has killed its own clients already. `wait` as in :func:`end_processes`.
+    """
+    masters = _masters_of(control_path)  # found by path now: ``-O stop`` retitles it "[stopped mux]"
+    _ssh_control("stop", control_path, timeout)
+    if control_path_clients(control_path, exclude=[m.pid for m in masters]):
+        return []
+    if wait is None:
+        end_processes(masters, timeout)
+    else:
+        end_processes(masters, timeout, wait=wait)
     with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
         os.unlink(control_path)
     return [proc.pid for proc in masters]
@@ -475,18 +665,23 @@ def close_control_master(control_path: str, timeout: float = MASTER_EXIT_TIMEOUT
 
 
 def reap_after_timeout(connection: object | None = None) -> None:
-    """Everything left running by a timed-out task in this worker: kill, reap, close the master.
+    """Everything a timed-out task left running in this worker: kill and reap it, let go of masters.
 
-    Order matters: collect ControlPaths from the live ssh clients, kill the tree, then close the
-    masters (they outlive their clients). Never raises: the timeout result must still be sent.
+    Order matters: read the ControlPaths and masters of the tree, kill the tree but its masters,
+    then release each master (:func:`release_control_master`: ended only if no other task uses
+    it). All within :data:`REAP_BUDGET`. Never raises: the timeout result must still be sent.
     """
+    end = time.monotonic() + REAP_BUDGET
     with contextlib.suppress(Exception):
-        paths = control_paths_in_tree()
+        paths, masters = ssh_in_tree()
         if (path := control_path_of_connection(connection)) is not None:
             paths.add(path)
-        kill_process_tree()
+        kill_process_tree(spare=masters, deadline=end)
         for path in sorted(paths):
-            close_control_master(path)
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            release_control_master(path, timeout=min(MASTER_EXIT_TIMEOUT, remaining / 3))
 
 
 def guarded_cleanup(

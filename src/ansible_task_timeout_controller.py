@@ -15,8 +15,9 @@ someone in the middle of writing a result):
   discards that channel. Nothing is shared between workers, so there is nothing a kill can leave
   locked.
 * **Watchdog** (same class): the controller knows each worker's host, task and deadline
-  (``task_timeout`` + :data:`WATCHDOG_GRACE`). A worker that has not delivered its result by then
-  is frozen and killed with its whole process tree, and a :class:`WorkerLost` event is returned in
+  (``task_timeout`` + ``WATCHDOG_GRACE``; every bound is defined in :mod:`ansible_task_timeout`).
+  A worker that has not delivered its result by then is frozen and killed with its process tree
+  (an ssh master that other tasks use is spared), and a :class:`WorkerLost` event is returned in
   place of the result. A worker that dies without a result (killed from outside, crashed) gives the
   same event. The strategy turns it into the normal failed result for that host, so callbacks,
   counters and ``register`` work as for any failed task, and the run goes on ("A worker was found
@@ -72,14 +73,6 @@ import ansible_task_timeout
 RUN_ID_ENV = "ANSIBLE_TASK_TIMEOUT_RUN_ID"
 """Environment variable carrying the run id: every process of the run is found by it."""
 
-WATCHDOG_GRACE = 5.0
-"""Seconds after ``task_timeout`` before the controller kills a worker that did not report.
-
-The worker's own alarm fires at ``task_timeout`` and normally delivers its result well within this."""
-
-POLL_INTERVAL = 0.2
-"""Longest the results thread blocks before it re-checks deadlines and dead workers."""
-
 SUPERVISE_INTERVAL = 0.1
 """Least seconds between two watchdog passes over the workers in the results thread.
 
@@ -122,6 +115,8 @@ class WorkerLost:
     limit: int
     timed_out: bool
     reason: str
+    interrupted: bool = False
+    """The run was being interrupted (SIGINT/SIGTERM forwarded to the workers): no warning."""
 
     def result(self) -> dict[str, object]:
         """The result recorded for the host: the timeout result, or a plain failure naming the reason."""
@@ -139,6 +134,7 @@ class _Worker:
     limit: int
     deadline: float | None
     process: object  # multiprocessing.Process: only .exitcode is used
+    started: float = 0.0  # monotonic, as the controller saw the fork
     delivered: bool = False
 
 
@@ -149,17 +145,6 @@ class _Channel:
     wfd: int | None
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
     worker: _Worker | None = None
-
-
-def watchdog_limit(raw: object, render: Callable[[object], object] | None) -> int:
-    """The task's ``task_timeout`` as the controller sees it; 0 (no watchdog) if it cannot be resolved.
-
-    A bad value is reported by the worker itself right away, so it needs no watchdog.
-    """
-    try:
-        return ansible_task_timeout.resolve_limit(raw, render)
-    except ansible_task_timeout.TaskTimeoutValueError:
-        return 0
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -194,6 +179,8 @@ class ResultChannels:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._wake_fds: tuple[int, ...] = (self._wake_r, self._wake_w)  # open until closed once
+        self._reading = False
         self._writer_fd: int | None = None
         self._writer_lock = threading.Lock()
         self._closed = False
@@ -213,9 +200,13 @@ class ResultChannels:
         return token
 
     def worker_started(
-        self, token: int, process: object, host_name: str, task_uuid: str, worker_id: int, limit: int
+        self, token: int, process: object, host_name: str, task_uuid: str, worker_id: int, raw_limit: object
     ) -> None:
-        """Close the controller's copy of the write end and start supervising the forked worker."""
+        """Close the controller's copy of the write end and start supervising the forked worker.
+
+        `raw_limit` is the task's ``task_timeout`` as written: templated values are resolved by
+        the worker only (:func:`ansible_task_timeout.literal_limit`).
+        """
         pid = getattr(process, "pid", None)
         with self._lock:
             channel = self._channels.get(token)
@@ -227,8 +218,15 @@ class ResultChannels:
             if not isinstance(pid, int):  # the fork failed: nothing to supervise
                 self._drop(channel)
                 return
-            deadline = time.monotonic() + limit + WATCHDOG_GRACE if limit > 0 else None
-            channel.worker = _Worker(worker_id, pid, host_name, task_uuid, limit, deadline, process)
+            limit = ansible_task_timeout.literal_limit(raw_limit)
+            now = time.monotonic()
+            if limit is None:  # provisional, until the worker tells the limit it resolved
+                deadline: float | None = (
+                    now + ansible_task_timeout.RESOLVE_LIMIT + ansible_task_timeout.WATCHDOG_GRACE
+                )
+            else:
+                deadline = now + limit + ansible_task_timeout.WATCHDOG_GRACE if limit > 0 else None
+            channel.worker = _Worker(worker_id, pid, host_name, task_uuid, limit or 0, deadline, process, now)
         register_worker(pid)
         self._wake()
 
@@ -238,13 +236,24 @@ class ResultChannels:
             self._ready.append(obj)
         self._wake()
 
-    def get(self, timeout: float = POLL_INTERVAL) -> object:
+    def get(self, timeout: float = ansible_task_timeout.RESULTS_POLL) -> object:
         """Next item from any worker, or a :class:`WorkerLost`; raise queue.Empty after `timeout`.
 
         Only the results thread calls this. Never blocks on a single worker: reads are non-blocking
-        and the wait is bounded, so deadlines are checked at least every :data:`POLL_INTERVAL`.
+        and the wait is bounded, so deadlines are checked at least every ``RESULTS_POLL`` seconds.
         """
-        end = time.monotonic() + timeout
+        with self._lock:
+            self._reading = True
+        try:
+            return self._get(time.monotonic() + timeout)
+        finally:
+            with self._lock:
+                self._reading = False
+                closed = self._closed
+            if closed:
+                self._close_wake_pipe()
+
+    def _get(self, end: float) -> object:
         while True:
             with self._lock:
                 if self._ready:
@@ -266,7 +275,7 @@ class ResultChannels:
             for fd in fds:
                 poller.register(fd, select.POLLIN)
             try:
-                events = poller.poll(min(remaining, POLL_INTERVAL) * 1000)
+                events = poller.poll(min(remaining, ansible_task_timeout.RESULTS_POLL) * 1000)
             except OSError:
                 continue
             for fd, _mask in events:
@@ -278,12 +287,23 @@ class ResultChannels:
                     self._drain(fds[fd])
 
     def close(self) -> None:
-        """Close every channel (end of the run); a results thread still in :meth:`get` gets EOFError."""
+        """Close every channel and the wake pipe (end of the run); a results thread still in
+        :meth:`get` gets EOFError, and closes the wake pipe on its way out."""
         with self._lock:
             self._closed = True
             for channel in list(self._channels.values()):
                 self._drop(channel)
+            reading = self._reading
         self._wake()
+        if not reading:
+            self._close_wake_pipe()
+
+    def _close_wake_pipe(self) -> None:
+        with self._lock:
+            fds, self._wake_fds = self._wake_fds, ()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # ----------------------------------------------------------------- worker side
 
@@ -306,9 +326,10 @@ class ResultChannels:
             if other is not channel and other.wfd is not None:
                 with contextlib.suppress(OSError):
                     os.close(other.wfd)
-        for fd in (self._wake_r, self._wake_w):
+        for fd in self._wake_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._wake_fds = ()
         self._channels = {}
         self._ready = deque()
         self._lock = threading.Lock()  # the controller's may have been held by another thread at fork
@@ -334,8 +355,9 @@ class ResultChannels:
     # ----------------------------------------------------------------- internals
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        with self._lock, contextlib.suppress(BlockingIOError, OSError):
+            if self._wake_fds:  # never write to a closed fd number: it may be reused by now
+                os.write(self._wake_w, b"x")
 
     def _drop(self, channel: _Channel) -> None:
         """Forget a channel and close its fds (caller holds the lock)."""
@@ -387,6 +409,12 @@ class ResultChannels:
                 self._lose(channel, "sent a result frame that could not be decoded")
                 return False
             worker = channel.worker
+            if isinstance(obj, ansible_task_timeout.LimitNotice):
+                if worker is not None:  # the limit the worker resolved: the watchdog's real deadline
+                    worker.limit = obj.limit
+                    grace = ansible_task_timeout.WATCHDOG_GRACE
+                    worker.deadline = worker.started + obj.limit + grace if obj.limit > 0 else None
+                continue
             if worker is not None and self._is_task_result(obj):
                 worker.delivered = True
             with self._lock:
@@ -415,8 +443,9 @@ class ResultChannels:
                 self._drain(channel)  # a result that just arrived wins over the watchdog
                 if worker.delivered or channel.token not in self._channels:
                     continue
-                kill_worker_tree(worker.pid)
+                masters = kill_worker_tree(worker.pid)
                 self._lose(channel, "", timed_out=True)
+                release_masters(masters)  # after the result is queued: it may take a while
             elif _exitcode(worker.process) is not None:
                 self._drain(channel)
                 if channel.token in self._channels and not worker.delivered:
@@ -443,6 +472,7 @@ class ResultChannels:
             limit=worker.limit,
             timed_out=timed_out,
             reason=message,
+            interrupted=_interrupted,
         )
         with self._lock:
             self._ready.append(event)
@@ -476,44 +506,58 @@ def kill_process_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def kill_worker_tree(pid: int) -> list[int]:
-    """Freeze the worker, kill it with every descendant and its process group; close ssh masters found.
+def kill_worker_tree(pid: int) -> set[str]:
+    """Freeze the worker, kill it with its descendants and its process group; return ControlPaths.
 
     SIGSTOP first so the tree cannot grow while it is listed; SIGKILL because the worker already had
-    its own deadline plus grace to finish politely. ControlPaths are read from the ssh clients
-    before they die so stale mux sockets are removed.
+    its own deadline plus grace to finish politely. An ssh ControlPersist master in the tree (the
+    worker adopted the one it started) is neither frozen nor killed here: other tasks' sessions may
+    go through it. The ControlPaths of the tree's clients and masters are returned for
+    :func:`release_masters`, which the caller runs once the result is recorded.
     """
     try:
         root = psutil.Process(pid)
         root.suspend()
     except psutil.Error:
         kill_process_group(pid)
-        return []
+        return set()
     procs: list[psutil.Process] = [root]
+    seen = {pid}
+    paths: set[str] = set()
     for _round in range(3):
         try:
-            found = [p for p in root.children(recursive=True) if p.pid not in {q.pid for q in procs}]
+            found = [p for p in root.children(recursive=True) if p.pid not in seen]
         except psutil.Error:
             found = []
         if not found:
             break
         for proc in found:
+            seen.add(proc.pid)
+            try:
+                cmdline = proc.cmdline()
+            except psutil.Error:
+                continue
+            if (path := ansible_task_timeout.mux_master_path(cmdline)) is not None:
+                paths.add(path)  # spared, with what it runs (a ProxyCommand)
+                with contextlib.suppress(psutil.Error):
+                    seen.update(child.pid for child in proc.children(recursive=True))
+                continue
+            paths |= ansible_task_timeout.control_paths_from_cmdline(cmdline)
             with contextlib.suppress(psutil.Error):
                 proc.suspend()
-        procs.extend(found)
-    paths: set[str] = set()
-    for proc in procs[1:]:
-        with contextlib.suppress(psutil.Error):
-            paths |= ansible_task_timeout.control_paths_from_cmdline(proc.cmdline())
+            procs.append(proc)
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     kill_process_group(pid)
-    psutil.wait_procs(procs[1:], timeout=1.0)
-    for path in paths:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    return [p.pid for p in procs]
+    psutil.wait_procs(procs[1:], timeout=ansible_task_timeout.WATCHDOG_KILL_WAIT)
+    return paths
+
+
+def release_masters(paths: Iterable[str]) -> None:
+    """Let go of the masters of a killed worker: ended only where no other live task uses them."""
+    for path in sorted(paths):
+        ansible_task_timeout.release_control_master(path, wait=_wait_for)
 
 
 def set_parent_death_signal(signum: int, expected_parent: int) -> None:
@@ -539,6 +583,7 @@ class _Guard:
     workers: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     worker_pids: set[int] = dataclasses.field(default_factory=set)
     last_reap: float = 0.0
+    warned: bool = False
 
 
 _guard: _Guard | None = None
@@ -581,11 +626,14 @@ def ensure_run_guard() -> str:
                 stderr=subprocess.DEVNULL,
                 env=env,
             )
-        except OSError:
+        except OSError as ex:
             guardian = None
+            ansible_task_timeout.warn(
+                f"task_timeout: the run guard's guardian process could not start ({ex}); if this "
+                "controller is killed, processes of the run may outlive it."
+            )
         os.close(read_fd)
         _guard = _Guard(run_id, os.getpid(), write_fd, guardian)
-        atexit.register(end_of_run_sweep)
         return run_id
 
 
@@ -607,8 +655,15 @@ def register_worker(pid: int) -> None:
     started_by = _now_ticks()
     guard.workers.append((pid, started_by))
     guard.worker_pids.add(pid)
-    with contextlib.suppress(OSError):
+    try:
         os.write(guard.write_fd, f"W {pid} {started_by}\n".encode())
+    except OSError as ex:
+        if not guard.warned:
+            guard.warned = True
+            ansible_task_timeout.warn(
+                f"task_timeout: the run guard lost its guardian ({ex}); if this controller is killed, "
+                "its workers may outlive it."
+            )
     now = time.monotonic()
     if now - guard.last_reap >= REAP_INTERVAL:
         guard.last_reap = now
@@ -686,7 +741,9 @@ _SSH_COMMS = frozenset(name.encode() for name in _SSH_NAMES)
 
 
 def _is_ssh_cmdline(cmdline: list[str]) -> bool:
-    return bool(cmdline) and (os.path.basename(cmdline[0]) in _SSH_NAMES or _mux_path(cmdline) is not None)
+    return bool(cmdline) and (
+        os.path.basename(cmdline[0]) in _SSH_NAMES or ansible_task_timeout.is_mux_master(cmdline)
+    )
 
 
 def _is_ssh(proc: psutil.Process) -> bool:
@@ -727,6 +784,12 @@ def end_of_run_sweep() -> None:
             guard.guardian.wait(timeout=SWEEP_GRACE * 3)
     reap_adopted_zombies()
     _guard = None
+
+
+# Registered at import, before any plugin's own exit handler: atexit runs handlers last-in first-out,
+# so the sweep runs after them, when no callback thread writes to stdout any more. Registered at
+# the first worker's start, it ran first and stretched the shutdown under a live callback thread.
+atexit.register(end_of_run_sweep)
 
 
 def _carries_run_id(proc: psutil.Process, run_id: str) -> bool:
@@ -828,24 +891,10 @@ def _wait_for(procs: Sequence[psutil.Process], timeout: float) -> None:
     psutil.wait_procs(procs, timeout=timeout)
 
 
-def _mux_path(cmdline: list[str]) -> str | None:
-    """The socket of an ssh ControlPersist master from its proctitle ``ssh: <path> [mux]``.
-
-    OpenSSH's setproctitle() writes the title over argv and pads the rest of the argv+environ area
-    with NULs, so psutil shows ``["ssh: <path> [mux]", "", "", ...]``: look at the first word.
-    """
-    if not cmdline:
-        return None
-    text = cmdline[0].strip()
-    if text.startswith("ssh: ") and text.endswith(" [mux]"):
-        return text[len("ssh: ") : -len(" [mux]")].strip() or None
-    return None
-
-
 def _mux_socket(cmdline: list[str]) -> set[str]:
     """The socket of an ssh ControlPersist master (proctitle ``ssh: <path> [mux]``), or of a client."""
     found = ansible_task_timeout.control_paths_from_cmdline(cmdline)
-    if (path := _mux_path(cmdline)) is not None:
+    if (path := ansible_task_timeout.mux_master_path(cmdline)) is not None:
         found.add(path)
     return found
 
@@ -1027,7 +1076,7 @@ class _RunWatch:
         high = self.window_end if self.window_end is not None else _now_ticks()
         if not low <= stat.starttime <= high or stat.ppid not in self.ancestors:
             return False
-        path = _mux_path(_cmdline(pid) or [])
+        path = ansible_task_timeout.mux_master_path(_cmdline(pid) or [])
         return path is not None and os.path.dirname(path) in self.dirs
 
 

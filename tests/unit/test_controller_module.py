@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 import ansible_task_timeout_controller as ctl  # noqa: E402
 
+ENSURE_RUN_GUARD = ctl.ensure_run_guard  # the real one: the autouse fixture below replaces it
+
 
 class Proc:
     """The little of multiprocessing.Process the channels use: pid and a non-blocking exitcode."""
@@ -106,7 +108,7 @@ def test_a_worker_killed_mid_frame_costs_only_its_own_result() -> None:
 
 
 def test_watchdog_kills_a_silent_worker_at_deadline_plus_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ctl, "WATCHDOG_GRACE", 0.5)
+    monkeypatch.setattr(ctl.ansible_task_timeout, "WATCHDOG_GRACE", 0.5)
     channels = ctl.ResultChannels(is_task_result=lambda obj: isinstance(obj, Result))
 
     def stuck() -> None:
@@ -282,7 +284,7 @@ def controllers(tmp_path: Path) -> Iterator[Callable[[str], Controller]]:
 def test_mux_master_title_as_psutil_shows_it() -> None:
     # OpenSSH's setproctitle pads the argv+environ area with NULs: psutil gives many empty args
     cmdline = ["ssh: /home/u/.ansible/cp/d0f01bc24b [mux]", "", "", ""]
-    assert ctl._mux_path(cmdline) == "/home/u/.ansible/cp/d0f01bc24b"
+    assert ctl.ansible_task_timeout.mux_master_path(cmdline) == "/home/u/.ansible/cp/d0f01bc24b"
     assert ctl._mux_socket(cmdline) == {"/home/u/.ansible/cp/d0f01bc24b"}
     assert ctl._is_ssh_cmdline(cmdline)
     assert ctl._is_ssh_cmdline(["/usr/bin/ssh", "-o", "ControlPath=/x/cp/1", "host"])
@@ -451,3 +453,112 @@ def test_guardian_remembers_a_child_that_execs_into_a_master_later(
     assert find_by_argv0(title).pid == late  # it has exec'd into the master, same pid
     watch.poll()
     assert late in watch.remembered
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_closed_channels_leave_no_descriptor_behind() -> None:
+    """One ResultChannels per TaskQueueManager, and ansible-console makes one per command."""
+    before = _open_fds()
+    for _ in range(200):
+        channels = ctl.ResultChannels(is_task_result=lambda obj: False)
+        channels.put_local("x")
+        assert channels.get(timeout=1) == "x"
+        channels.close()
+    assert _open_fds() <= before
+
+
+def test_a_reader_in_get_closes_the_wake_pipe_when_the_channels_close() -> None:
+    import threading
+
+    before = _open_fds()
+    channels = ctl.ResultChannels(is_task_result=lambda obj: False)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        while True:
+            try:
+                channels.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            except EOFError as ex:
+                errors.append(ex)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    channels.close()
+    thread.join(5)
+    assert errors and _open_fds() <= before
+
+
+def test_a_templated_limit_is_learnt_from_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller never templates task_timeout: the worker resolves it and sends the integer."""
+    monkeypatch.setattr(ctl.ansible_task_timeout, "WATCHDOG_GRACE", 0.5)
+    channels = ctl.ResultChannels(is_task_result=lambda obj: isinstance(obj, Result))
+
+    def resolves_then_hangs() -> None:
+        ctl.ansible_task_timeout.announce_limit("{{ 60 | random }}", 1, channels.send)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM})
+        time.sleep(600)
+
+    start = time.monotonic()
+    fork_worker(channels, resolves_then_hangs, limit="{{ 60 | random }}")  # type: ignore[arg-type]
+    items = collect(channels, 1, 20)
+    assert len(items) == 1 and isinstance(items[0], ctl.WorkerLost), items  # the notice is not an item
+    assert items[0].timed_out and items[0].limit == 1
+    assert time.monotonic() - start < 1.5 + 5  # the real limit, not the provisional RESOLVE_LIMIT
+
+
+def test_a_literal_limit_needs_no_notice() -> None:
+    sent: list[object] = []
+    ctl.ansible_task_timeout.announce_limit(12, 12, sent.append)
+    ctl.ansible_task_timeout.announce_limit("12", 12, sent.append)
+    assert sent == []
+    ctl.ansible_task_timeout.announce_limit("{{ x }}", 7, sent.append)
+    assert sent == [ctl.ansible_task_timeout.LimitNotice(7)]
+
+
+def test_a_guardian_that_cannot_start_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(ctl.ansible_task_timeout, "warn", warnings.append)
+    monkeypatch.setattr(ctl, "_guard", None)
+    monkeypatch.setattr(ctl.ansible_task_timeout, "become_subreaper", lambda: False)
+    monkeypatch.setenv(ctl.RUN_ID_ENV, "outer")
+
+    def no_fork(*_args: object, **_kwargs: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(ctl.subprocess, "Popen", no_fork)
+    ENSURE_RUN_GUARD()
+    assert ctl._guard is not None and ctl._guard.guardian is None
+    os.close(ctl._guard.write_fd)
+    assert len(warnings) == 1 and "guardian process could not start" in warnings[0], warnings
+
+
+def test_a_lost_guardian_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(ctl.ansible_task_timeout, "warn", warnings.append)
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the guardian is gone: writes fail with EPIPE
+    guard = ctl._Guard("run", os.getpid(), write_fd, None)
+    monkeypatch.setattr(ctl, "_guard", guard)
+    old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        ctl.register_worker(os.getpid())
+        ctl.register_worker(os.getpid())
+    finally:
+        signal.signal(signal.SIGPIPE, old)
+        os.close(write_fd)
+    assert len(warnings) == 1 and "guardian" in warnings[0]
+
+
+def test_a_worker_ended_by_the_interrupt_is_not_reported_as_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    channels = ctl.ResultChannels(is_task_result=lambda obj: isinstance(obj, Result))
+    monkeypatch.setattr(ctl, "_interrupted", True)
+    fork_worker(channels, lambda: os.kill(os.getpid(), signal.SIGINT))
+    items = collect(channels, 1, 20)
+    assert len(items) == 1 and isinstance(items[0], ctl.WorkerLost)
+    assert items[0].interrupted and not items[0].timed_out

@@ -258,7 +258,7 @@ def test_watchdog_ends_a_worker_the_alarm_cannot_reach(tmp_path: Path, mode: str
     assert after == set(HOSTS)  # the timed-out host went on (ignore_errors), nobody was lost
     assert "dead state" not in out
     # start-up and the second task take a few seconds; the point is: bounded, not 600 s
-    assert elapsed < limit + controller.WATCHDOG_GRACE + 30, elapsed
+    assert elapsed < limit + controller.ansible_task_timeout.RESULT_BOUND + 30, elapsed
     assert wait_for(lambda: not run_processes(), 10, "the run's processes to be gone")
 
 

@@ -263,3 +263,61 @@ def test_upstream_timeout_keeps_its_shape_and_leaves_nothing_running(tmp_path: P
     assert "task_timeout" not in r1
     assert r1["msg"] == "Task failed: Timed out after 1 second(s)."
     assert _leftover_sleeps() == []
+
+
+def test_a_templated_limit_is_resolved_once_per_host(tmp_path: Path) -> None:
+    """Resolved in the worker only: a lookup in the value runs once per host, not also in the controller."""
+    count = tmp_path / "resolved"
+    results, _elapsed, proc = run_playbook(
+        tmp_path,
+        f"""
+        - command: sleep {SLEEP}
+          task_timeout: "{{{{ lookup('pipe', 'echo {{{{ inventory_hostname }}}} >> {count}; echo 2') }}}}"
+          register: r1
+          ignore_errors: true
+        """,
+        hosts="all",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(count.read_text().split()) == ["a", "b"]
+    for host in "ab":
+        assert results[host]["r1"]["msg"] == "Task execution timed out, limit is: 2 second(s)"
+    assert _leftover_sleeps() == []
+
+
+def test_many_task_queue_managers_leak_no_descriptor() -> None:
+    """ansible-console makes a TaskQueueManager per command: each must give back what it opened."""
+    from ansible.executor.task_queue_manager import TaskQueueManager
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources="localhost,")
+    variables = VariableManager(loader=loader, inventory=inventory)
+
+    def one() -> None:
+        tqm = TaskQueueManager(inventory=inventory, variable_manager=variables, loader=loader, passwords={})
+        tqm.cleanup()
+
+    one()  # the first one opens what stays for the process (plugin loaders, caches)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        one()
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_lost_worker_with_no_queued_task_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The strategy may be waiting for that result: said in one warning line, not swallowed."""
+    from ansible.plugins.strategy import StrategyBase
+    from ansible.utils.display import Display
+
+    import ansible_task_timeout_controller as ctl
+
+    warnings: list[str] = []
+    monkeypatch.setattr(Display(), "warning", lambda msg, *a, **k: warnings.append(msg))
+    strategy = StrategyBase.__new__(StrategyBase)
+    strategy._queued_task_cache = {}
+    lost = ctl.WorkerLost(0, 4242, "web1", "uuid-1", 0, False, "The worker process of host web1 died.")
+    strategy._record_lost_worker(lost)
+    assert len(warnings) == 1 and "web1" in warnings[0] and "cannot be recorded" in warnings[0]

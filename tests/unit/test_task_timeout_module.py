@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,19 +85,42 @@ def test_timed_out_result_shape() -> None:
 # --------------------------------------------------------------------------- the alarm
 
 
-def test_alarm_interrupts_a_blocking_sleep_and_restores_previous_handler() -> None:
-    def previous(_s: int, _f: object) -> None:
-        raise AssertionError("previous handler must not be called")
+def test_alarm_interrupts_a_blocking_sleep_and_leaves_sig_dfl() -> None:
+    start = time.monotonic()
+    with pytest.raises(Boom), att.alarm(0.3, Boom):
+        time.sleep(10)
+    assert 0.25 < time.monotonic() - start < 2
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
 
-    old = signal.signal(signal.SIGALRM, previous)
+
+def test_alarm_refuses_a_foreign_handler_or_timer_like_upstream() -> None:
+    """Upstream's alarm_timeout never replaces someone else's alarm: neither does ours.
+
+    What upstream's test_alarm_timeout_bad_state checks, but for nesting: our own scopes nest
+    (the whole-task deadline is armed around upstream's per-attempt timeout), see docs/design.md.
+    """
+
+    def foreign(_s: int, _f: object) -> None:
+        raise AssertionError("the foreign handler must not be called")
+
+    old = signal.signal(signal.SIGALRM, foreign)
     try:
-        start = time.monotonic()
-        with pytest.raises(Boom), att.alarm(0.3, Boom):
-            time.sleep(10)
-        assert 0.25 < time.monotonic() - start < 2
-        assert signal.getsignal(signal.SIGALRM) is previous
+        with pytest.raises(RuntimeError, match="existing alarm handler"), att.alarm(1, Boom):
+            pytest.fail("must not run")  # pragma: no cover
+        assert signal.getsignal(signal.SIGALRM) is foreign
     finally:
         signal.signal(signal.SIGALRM, old)
+    signal.setitimer(signal.ITIMER_REAL, 1000)
+    try:
+        with pytest.raises(RuntimeError, match="existing alarm was set"), att.alarm(1, Boom):
+            pytest.fail("must not run")  # pragma: no cover
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 990  # left as it was
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    ran_inner = False
+    with att.alarm(5, Boom), att.alarm(5, Boom):
+        ran_inner = True
+    assert ran_inner
 
 
 def test_alarm_zero_is_off() -> None:
@@ -144,6 +169,67 @@ def test_critical_section_defers_the_alarm_until_the_write_is_done() -> None:
         pytest.fail("must raise when the section ends")
     assert written == ["frame"]
     assert time.monotonic() - start >= 0.4
+
+
+def test_alarm_pending_on_entry_to_a_section_is_raised_after_it_and_never_left_blocked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPython's pthread_sigmask() runs a pending Python handler inside the call, after the mask
+    changed. Here the deadline's real SIGALRM is made pending on purpose, then its handler runs
+    inside the section's pthread_sigmask exactly as CPython would run it: the alarm must wait for
+    the end of the section, and SIGALRM must not stay blocked."""
+    real = signal.pthread_sigmask
+    handler_ran = []
+
+    def sigmask_running_the_pending_handler(how: int, mask: object) -> object:
+        old = real(how, mask)  # type: ignore[arg-type]
+        if how == signal.SIG_BLOCK and not handler_ran:
+            handler_ran.append(True)
+            signal.getsignal(signal.SIGALRM)(signal.SIGALRM, None)  # type: ignore[operator]
+        return old
+
+    written: list[str] = []
+    real(signal.SIG_BLOCK, {signal.SIGALRM})  # hold the deadline's signal back until we take it
+    try:
+        with pytest.raises(att.TaskDeadlineExceeded), att.task_deadline(1, started=time.monotonic() - 2):
+            end = time.monotonic() + 5
+            while signal.SIGALRM not in signal.sigpending():  # the expired deadline's signal
+                assert time.monotonic() < end, "the deadline's SIGALRM never came"
+            signal.sigtimedwait([signal.SIGALRM], 0)  # taken: from here it is pending in Python only
+            real(signal.SIG_UNBLOCK, {signal.SIGALRM})
+            monkeypatch.setattr(signal, "pthread_sigmask", sigmask_running_the_pending_handler)
+            with att.critical_section():
+                written.append("frame")
+    finally:
+        monkeypatch.setattr(signal, "pthread_sigmask", real)
+        blocked = signal.SIGALRM in real(signal.SIG_BLOCK, set())
+        real(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    assert handler_ran
+    assert not blocked, "SIGALRM was left blocked: the deadline is lost for the rest of the worker"
+    assert written == ["frame"], "the alarm was raised on entry to the section, not after it"
+
+
+def test_a_section_in_another_thread_does_not_defer_the_main_threads_alarm() -> None:
+    """The handler runs in the main thread; only the main thread's own sections may defer it."""
+    inside, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with att.critical_section():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert inside.wait(5)
+        start = time.monotonic()
+        with pytest.raises(Boom), att.alarm(0.2, Boom):
+            release.wait(5)
+        assert time.monotonic() - start < 2, "the other thread's section deferred the alarm"
+        assert not release.is_set()
+    finally:
+        release.set()
+        thread.join(5)
 
 
 def _queue_torture(guard: str) -> tuple[int, int, int]:
@@ -310,20 +396,144 @@ def _daemonised_fake_master(control_path: Path) -> int:
     raise AssertionError("fake master did not start")
 
 
-def test_close_control_master_kills_the_daemonised_master_and_removes_socket(tmp_path: Path) -> None:
+def _fake_client(control_path: Path) -> subprocess.Popen[bytes]:
+    """A process whose command line names the ControlPath, as another task's live ssh client does."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", "-o", f"ControlPath={control_path}", "host"]
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_release_control_master_ends_a_master_nobody_else_uses(tmp_path: Path) -> None:
     control_path = tmp_path / "cp" / "0a1b2c3d4e"
     control_path.parent.mkdir()
     pid = _daemonised_fake_master(control_path)
     assert psutil.Process(pid).ppid() != os.getpid()
     with socket.socket(socket.AF_UNIX) as probe:
         probe.connect(str(control_path))
-    killed = att.close_control_master(str(control_path), timeout=1)
+    killed = att.release_control_master(str(control_path), timeout=0.5)
     assert pid in killed
     assert not control_path.exists()
     deadline = time.monotonic() + 5
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    while not _gone(pid):
         assert time.monotonic() < deadline, "master survived"
         time.sleep(0.05)
+
+
+def test_release_control_master_spares_a_master_that_serves_another_task(tmp_path: Path) -> None:
+    """One ControlPath, several hosts' sessions (delegate_to one host): the others' master stays."""
+    control_path = tmp_path / "cp" / "5f6e7d8c9b"
+    control_path.parent.mkdir()
+    pid = _daemonised_fake_master(control_path)
+    client = _fake_client(control_path)
+    try:
+        deadline = time.monotonic() + 5
+        while not att.control_path_clients(str(control_path)):
+            assert time.monotonic() < deadline, "the fake client never showed"
+            time.sleep(0.02)
+        assert att.release_control_master(str(control_path), timeout=0.5) == []
+        assert not _gone(pid), "the master of another live task was killed"
+        assert client.poll() is None, "another task's ssh client was killed"
+    finally:
+        client.kill()
+        client.wait()
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+
+
+def test_mux_master_titles() -> None:
+    assert (
+        att.mux_master_path(["ssh: /h/.ansible/cp/d0f01bc24b [mux]", "", ""]) == "/h/.ansible/cp/d0f01bc24b"
+    )
+    assert att.mux_master_path(["ssh: [stopped mux]"]) is None
+    assert att.is_mux_master(["ssh: [stopped mux]"]) and att.is_mux_master(["ssh: /x [mux]"])
+    assert not att.is_mux_master(["/usr/bin/ssh", "-o", "ControlPath=/x", "host"])
+
+
+def test_a_timed_out_worker_spares_the_master_it_started(tmp_path: Path) -> None:
+    """A worker is a subreaper: the master it started is its child. Its timeout kills its own ssh
+    client (and the rest of its tree) but leaves the master to a live session of another task."""
+    control_path = tmp_path / "cp" / "1122334455"
+    control_path.parent.mkdir()
+    code = textwrap.dedent(
+        f"""
+        import json, subprocess, sys, time
+        sys.path.insert(0, {str(SRC)!r})
+        import ansible_task_timeout as att, psutil
+        assert att.become_subreaper()
+        serve = ("import socket, time; s = socket.socket(socket.AF_UNIX); "
+                 "s.bind({str(control_path)!r}); s.listen(); time.sleep(300)")
+        # like OpenSSH's daemonised master: orphaned, so adopted by this subreaper
+        subprocess.run(["setsid", "-f", "bash", "-c",
+                        'exec -a "ssh: {control_path} [mux]" ' + sys.executable + ' -c "' + serve + '"'],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
+                                "-o", "ControlPath={control_path}", "host"])
+        end = time.monotonic() + 5
+        while not any(att.is_mux_master(p.cmdline()) for p in psutil.Process().children()):
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        master = next(p.pid for p in psutil.Process().children() if att.is_mux_master(p.cmdline()))
+        other = int(sys.stdin.readline())
+        att.reap_after_timeout(None)
+        print(json.dumps(dict(master=master, own=own.pid, own_alive=own.poll() is None,
+                              master_alive=psutil.Process(master).status() != psutil.STATUS_ZOMBIE)))
+        """
+    )
+    other = _fake_client(control_path)  # another task's session through the same master
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], input=f"{other.pid}\n", capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        import json
+
+        report = json.loads(out.stdout)
+        assert not report["own_alive"], "the worker's own ssh client survived its timeout"
+        assert report["master_alive"], "the shared master was killed by one task's timeout"
+        assert other.poll() is None, "another task's ssh client was killed"
+    finally:
+        other.kill()
+        other.wait()
+        for proc in psutil.process_iter(["cmdline"]):
+            if str(control_path) in " ".join(proc.info["cmdline"] or []):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+
+
+def test_reap_after_timeout_keeps_to_its_budget() -> None:
+    """Processes that ignore SIGTERM and keep forking: the reap ends within REAP_BUDGET anyway."""
+    code = textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        sys.path.insert(0, {str(SRC)!r})
+        import ansible_task_timeout as att
+        assert att.become_subreaper()
+        spawner = "trap '' TERM; while true; do (trap '' TERM; sleep 300) & sleep 0.05; done"
+        subprocess.Popen(["bash", "-c", spawner])
+        time.sleep(0.3)
+        start = time.monotonic()
+        att.reap_after_timeout(None)
+        print(time.monotonic() - start)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) <= att.REAP_BUDGET + 0.5
+
+
+def test_the_bounds_are_derived_from_each_other() -> None:
+    """The worker's own timeout path is budgeted to end before the watchdog steps in."""
+    assert att.UNWIND_GRACE + att.REAP_BUDGET + att.SEND_MARGIN == att.WATCHDOG_GRACE
+    assert att.UNWIND_GRACE + att.REAP_BUDGET < att.WATCHDOG_GRACE
+    assert 2 * att.KILL_GRACE <= att.REAP_BUDGET and 3 * att.MASTER_EXIT_TIMEOUT <= att.REAP_BUDGET + 0.5
+    assert att.RESULT_BOUND == att.WATCHDOG_GRACE + att.RESULTS_POLL + att.WATCHDOG_KILL_WAIT
 
 
 # --------------------------------------------------------------------------- guarded cleanup
