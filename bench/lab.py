@@ -19,10 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dockerctl import docker, sweep_stale  # noqa: E402
-from hang import PhaseTrigger, freeze, module_running  # noqa: E402
-from runner import KEY_IN_EE, EEContainer, RunResult, base_env, run_playbook  # noqa: E402
-from targets import (  # noqa: E402
+from harness.dockerctl import docker, sweep_stale  # noqa: E402
+from harness.hang import PhaseTrigger, freeze, module_running  # noqa: E402
+from harness.runner import KEY_IN_EE, EEContainer, RunResult, base_env, run_playbook  # noqa: E402
+from harness.targets import (  # noqa: E402
     Network,
     SshKey,
     Target,

@@ -1,6 +1,6 @@
 """Detection latency: for each hang mode of the test matrix, the time from the deadline to the result.
 
-Runs the very scenarios of tests/integration (tests/scenarios.py) with the patched image, so the
+Runs the very scenarios of tests/integration (tests/harness/scenarios.py) with the patched image, so the
 numbers describe what the tests assert with margins.
 """
 
@@ -13,8 +13,8 @@ from .lab import EE_IMAGE, Bench, start_target
 
 
 def latency_benchmark(repeats: int, limit_s: int, modes: list[str] | None = None) -> list[dict[str, Any]]:
-    from scenarios import HUNG, SCENARIOS, Lab, run_scenario
-    from verdict import timeout_problems
+    from harness.scenarios import HUNG, SCENARIOS, Lab, run_scenario
+    from harness.verdict import timeout_problems
 
     rows: list[dict[str, Any]] = []
     with Bench.open() as bench:

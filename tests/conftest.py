@@ -49,14 +49,15 @@ def ee_image(engine: str) -> str:
 
 
 # --- integration harness: targets, EE runs, hang scenarios --------------------------------------
-# The helpers live in tests/{dockerctl,targets,hang,runner,scenarios,verdict}.py; the fixtures
-# below own the lifetime of what they create (labelled, removed at teardown even on failure).
+# The helpers live in the package tests/harness (dockerctl, targets, hang, runner, scenarios,
+# verdict); the fixtures below own the lifetime of what they create (labelled, removed at
+# teardown even on failure).
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules next to this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/harness, the package
 
 if TYPE_CHECKING:
-    from scenarios import Lab
-    from targets import Network, SshKey
+    from harness.scenarios import Lab
+    from harness.targets import Network, SshKey
 
 STOCK_IMAGE = os.environ.get("STOCK_IMAGE", "task-timeout-ee:stock")
 POOL_SIZE = int(os.environ.get("TT_POOL_SIZE", "40"))
@@ -73,7 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def session_id() -> str:
     """Names and labels everything this session (this xdist worker) creates."""
-    from targets import new_session_id
+    from harness.targets import new_session_id
 
     return new_session_id()
 
@@ -81,7 +82,7 @@ def session_id() -> str:
 @pytest.fixture(scope="session")
 def swept(engine: str, session_id: str) -> list[str]:
     """Remove labelled containers/networks of sessions that are over, before creating ours."""
-    from dockerctl import sweep_stale
+    from harness.dockerctl import sweep_stale
 
     return sweep_stale(session_id)
 
@@ -89,7 +90,7 @@ def swept(engine: str, session_id: str) -> list[str]:
 @pytest.fixture(scope="session")
 def target_image(engine: str) -> str:
     """The sshd target image (TARGET_IMAGE, default task-timeout-ee-target:dev; top-level Containerfile)."""
-    from targets import TARGET_IMAGE
+    from harness.targets import TARGET_IMAGE
 
     if subprocess.run([engine, "image", "inspect", TARGET_IMAGE], capture_output=True).returncode != 0:
         pytest.fail(f"image {TARGET_IMAGE} not found: build the top-level Containerfile first", pytrace=False)
@@ -107,7 +108,7 @@ def stock_image(engine: str) -> str:
 @pytest.fixture(scope="session")
 def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshKey]:
     """A fresh ed25519 keypair for this session (targets.SshKey); the key dir is deleted afterwards."""
-    from targets import make_ssh_key
+    from harness.targets import make_ssh_key
 
     directory = tmp_path_factory.mktemp("ssh")
     yield make_ssh_key(directory)
@@ -117,7 +118,7 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshKey]:
 @pytest.fixture(scope="session")
 def session_network(swept: list[str], session_id: str) -> Iterator[Network]:
     """A private docker network for this session."""
-    from targets import Network
+    from harness.targets import Network
 
     net = Network.create(session_id)
     yield net
@@ -133,8 +134,8 @@ def lab(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Lab]:
     """Network + key + one pool container answering for POOL_SIZE healthy hosts (ok01, ok02, ...)."""
-    from scenarios import Lab
-    from targets import start_target
+    from harness.scenarios import Lab
+    from harness.targets import start_target
 
     aliases = [f"ok{i:02d}" for i in range(1, POOL_SIZE + 1)]
     pool = start_target(session_id, session_network, ssh_key, f"{session_id}-pool", aliases)

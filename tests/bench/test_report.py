@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from runner import RunResult  # noqa: E402
+from harness.runner import RunResult  # noqa: E402
 
 from bench import report  # noqa: E402
 from bench.__main__ import _ints, _positive  # noqa: E402

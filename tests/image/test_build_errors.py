@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-image"
 LOCAL_BASE = "localhost/debian:trixie"
-LABEL = "task-timeout-ee.test"  # tests/dockerctl.py: what the suite and the benchmarks create
+LABEL = "task-timeout-ee.test"  # tests/harness/dockerctl.py: what the suite and the benchmarks create
 
 
 def build(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -23,13 +23,13 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-import hang
 import pytest
-from dockerctl import docker, label_args
-from runner import PLAYBOOKS_DIR
-from scenarios import HUNG, Lab
-from targets import inventory_ini, start_target
-from verdict import AFTER_TASKS, DEADLINE_SLACK_S, EARLY_MARGIN_S, timeout_msg_ok
+from harness import hang
+from harness.dockerctl import docker, label_args
+from harness.runner import PLAYBOOKS_DIR
+from harness.scenarios import HUNG, Lab
+from harness.targets import inventory_ini, start_target
+from harness.verdict import AFTER_TASKS, DEADLINE_SLACK_S, EARLY_MARGIN_S, timeout_msg_ok
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The hang matrix: every way a host can hang x (linear, free).
 
-For each scenario the host `hung` hangs (see tests/scenarios.py for how), the play runs through
+For each scenario the host `hung` hangs (see tests/harness/scenarios.py for how), the play runs through
 the EE image with a task limit of LIMIT_S seconds, and the guarantee is checked as a whole:
 the run ends by itself, `hung` fails with `task_timeout: true` within LIMIT_S + 2 s of its task's
 start, every other host runs every later task with its own results, and the EE container holds no
@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from scenarios import HUNG, SCENARIOS, Lab, run_scenario
-from verdict import guarantee_problems
+from harness.scenarios import HUNG, SCENARIOS, Lab, run_scenario
+from harness.verdict import guarantee_problems
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 
-import hang
 import pytest
-from dockerctl import LABEL, OWNER_LABEL, docker, sweep_stale
-from runner import KEY_IN_EE, EEContainer, base_env, run_playbook, stage_project
-from scenarios import Lab
-from targets import TARGET_IMAGE, inventory_ini, start_target
+from harness import hang
+from harness.dockerctl import LABEL, OWNER_LABEL, docker, sweep_stale
+from harness.runner import KEY_IN_EE, EEContainer, base_env, run_playbook, stage_project
+from harness.scenarios import Lab
+from harness.targets import TARGET_IMAGE, inventory_ini, start_target
 
 pytestmark = pytest.mark.integration
 

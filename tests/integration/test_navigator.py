@@ -22,13 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hang
 import pytest
-from dockerctl import docker
-from runner import PLAYBOOKS_DIR
-from scenarios import Lab
-from targets import inventory_ini, start_target
-from verdict import DEADLINE_SLACK_S, EARLY_MARGIN_S, timeout_msg_ok
+from harness import hang
+from harness.dockerctl import docker
+from harness.runner import PLAYBOOKS_DIR
+from harness.scenarios import Lab
+from harness.targets import inventory_ini, start_target
+from harness.verdict import DEADLINE_SLACK_S, EARLY_MARGIN_S, timeout_msg_ok
 
 pytestmark = pytest.mark.integration
 

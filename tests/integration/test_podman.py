@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import hang
 import pytest
-from dockerctl import label_args
-from runner import (
+from harness import hang
+from harness.dockerctl import label_args
+from harness.runner import (
     _PS_SCRIPT,
     KEY_IN_EE,
     PLUGINS_DIR,
@@ -36,9 +36,9 @@ from runner import (
     parse_events,
     stage_project,
 )
-from scenarios import HUNG, Lab
-from targets import inventory_ini, start_target
-from verdict import guarantee_problems
+from harness.scenarios import HUNG, Lab
+from harness.targets import inventory_ini, start_target
+from harness.verdict import guarantee_problems
 
 pytestmark = pytest.mark.integration
 

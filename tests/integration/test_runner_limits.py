@@ -22,12 +22,12 @@ import json
 import time
 from typing import Any
 
-import hang
 import pytest
-from dockerctl import docker
-from runner import KEY_IN_EE, PROJECT_IN_EE, EEContainer, stage_project
-from scenarios import HUNG, Lab
-from targets import Target, inventory_ini, start_target
+from harness import hang
+from harness.dockerctl import docker
+from harness.runner import KEY_IN_EE, PROJECT_IN_EE, EEContainer, stage_project
+from harness.scenarios import HUNG, Lab
+from harness.targets import Target, inventory_ini, start_target
 
 pytestmark = pytest.mark.integration
 

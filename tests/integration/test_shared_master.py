@@ -12,10 +12,10 @@ limits are checked: this image's `task_timeout`, and upstream's `timeout`, harde
 from __future__ import annotations
 
 import pytest
-from runner import KEY_IN_EE, EEContainer, base_env, run_playbook, stage_project
-from scenarios import HUNG, Lab
-from targets import BECOME_PASSWORD, SSH_USER, inventory_ini
-from verdict import AFTER_TASKS
+from harness.runner import KEY_IN_EE, EEContainer, base_env, run_playbook, stage_project
+from harness.scenarios import HUNG, Lab
+from harness.targets import BECOME_PASSWORD, SSH_USER, inventory_ini
+from harness.verdict import AFTER_TASKS
 
 pytestmark = pytest.mark.integration
 

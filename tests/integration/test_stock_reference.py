@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 import pytest
-from scenarios import HUNG, SCENARIOS, Lab, run_scenario
-from verdict import guarantee_problems
+from harness.scenarios import HUNG, SCENARIOS, Lab, run_scenario
+from harness.verdict import guarantee_problems
 
 pytestmark = [pytest.mark.integration, pytest.mark.stock]
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import itertools
 import re
 
-import hang
 import pytest
-from dockerctl import docker
-from runner import KEY_IN_EE, EEContainer, RunResult, base_env, run_playbook, stage_project
-from scenarios import HUNG, Lab
-from targets import inventory_ini, start_target
-from verdict import guarantee_problems, timeout_problems
+from harness import hang
+from harness.dockerctl import docker
+from harness.runner import KEY_IN_EE, EEContainer, RunResult, base_env, run_playbook, stage_project
+from harness.scenarios import HUNG, Lab
+from harness.targets import inventory_ini, start_target
+from harness.verdict import guarantee_problems, timeout_problems
 
 pytestmark = pytest.mark.integration
 

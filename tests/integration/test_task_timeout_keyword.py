@@ -8,10 +8,10 @@ upstream's `timeout: 12`, must fail: it is what shows this test can.
 
 from __future__ import annotations
 
-import hang
 import pytest
-from scenarios import HUNG, Lab, Scenario, run_scenario
-from verdict import guarantee_problems
+from harness import hang
+from harness.scenarios import HUNG, Lab, Scenario, run_scenario
+from harness.verdict import guarantee_problems
 
 pytestmark = pytest.mark.integration
 

@@ -14,14 +14,22 @@ import itertools
 import os
 from pathlib import Path
 
-import hang
 import pytest
-from dockerctl import docker, label_args
-from runner import KEY_IN_EE, PLUGINS_DIR, PLUGINS_IN_EE, PROJECT_IN_EE, EEContainer, base_env, run_playbook
-from runner import stage_project as stage
-from scenarios import HUNG, Lab
-from targets import inventory_ini, start_target
-from verdict import guarantee_problems
+from harness import hang
+from harness.dockerctl import docker, label_args
+from harness.runner import (
+    KEY_IN_EE,
+    PLUGINS_DIR,
+    PLUGINS_IN_EE,
+    PROJECT_IN_EE,
+    EEContainer,
+    base_env,
+    run_playbook,
+)
+from harness.runner import stage_project as stage
+from harness.scenarios import HUNG, Lab
+from harness.targets import inventory_ini, start_target
+from harness.verdict import guarantee_problems
 
 pytestmark = pytest.mark.integration
 

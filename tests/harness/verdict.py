@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runner import RunResult
+from harness.runner import RunResult
 
 DEADLINE_SLACK_S = 2.0
 """The hung host must be reported failed no later than its deadline plus this."""

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockerctl import DockerError, docker, label_args, remove_containers
+from harness.dockerctl import DockerError, docker, label_args, remove_containers
 
 TARGET_IMAGE = os.environ.get("TARGET_IMAGE", "task-timeout-ee-target:dev")
 BECOME_PASSWORD = "become-secret"

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dockerctl import docker, label_args, remove_containers
-from targets import Network, SshKey
+from harness.dockerctl import docker, label_args, remove_containers
+from harness.targets import Network, SshKey
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 PLAYBOOKS_DIR = TESTS_DIR / "playbooks"
 PLUGINS_DIR = TESTS_DIR / "plugins"
 PROJECT_IN_EE = "/runner/project"

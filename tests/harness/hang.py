@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockerctl import ContainerProcs, DockerError, Proc, cgroup_dir, docker
-from targets import Target
+from harness.dockerctl import ContainerProcs, DockerError, Proc, cgroup_dir, docker
+from harness.targets import Target
 
 Predicate = Callable[[list[Proc]], Proc | None]
 

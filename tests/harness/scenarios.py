@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hang
-from hang import MemoryEvidence, PhaseTrigger, Predicate
-from runner import KEY_IN_EE, EEContainer, RunResult, base_env, run_playbook, stage_project
-from targets import Network, SshKey, Target, inventory_ini, start_target
+from harness import hang
+from harness.hang import MemoryEvidence, PhaseTrigger, Predicate
+from harness.runner import KEY_IN_EE, EEContainer, RunResult, base_env, run_playbook, stage_project
+from harness.targets import Network, SshKey, Target, inventory_ini, start_target
 
 BIG_FILE_BYTES = 24 * 1024 * 1024
 """Random payload of the transfer scenario: big enough that sftp is still busy when frozen."""
