@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness import hang
 from harness.hang import MemoryEvidence, PhaseTrigger, Predicate
+from harness.hoststate import HostState, host_state, memory_after_relief, settled_state, thaw
 from harness.runner import KEY_IN_EE, EEContainer, RunResult, base_env, run_playbook, stage_project
 from harness.targets import Network, SshKey, Target, inventory_ini, start_target
 
@@ -111,6 +112,12 @@ class Outcome:
     memory: MemoryEvidence | None
     healthy: list[str]
     victim_setup_s: float = 0.0
+    healthy_left: HostState | None = None
+    """What the run left on the healthy hosts' target (remote tmp dirs, processes), seen inside it."""
+    recovered_left: HostState | None = None
+    """For a frozen host: what the run left there, seen after it was thawed (the host recovers)."""
+    memory_inside: dict[str, int] | None = None
+    """For the memory scenario: the target's cgroup counters read inside it, after the relief."""
 
 
 def run_scenario(
@@ -153,6 +160,7 @@ def run_scenario(
         for marker in scenario.markers:
             victim.set_marker(marker)
         ee = EEContainer.start(lab.session, image, lab.network, project, lab.key, tag=str(n))
+        pool_before, victim_before = host_state(lab.pool.name), host_state(victim.name)
         if scenario.phase is not None and scenario.action is not None:
             trigger = PhaseTrigger(victim, scenario.phase, scenario.action, scenario.name).start()
         env = base_env(strategy, forks=forks or healthy_count + 1)
@@ -169,7 +177,14 @@ def run_scenario(
             if trigger is not None:
                 trigger.stop()
         memory = hang.memory_evidence(victim) if scenario.memory_limit else None
-        return Outcome(scenario, strategy, limit_s, result, trigger, memory, list(healthy))
+        outcome = Outcome(scenario, strategy, limit_s, result, trigger, memory, list(healthy))
+        outcome.healthy_left = settled_state(lab.pool.name, pool_before)
+        if scenario.action is hang.freeze and trigger is not None and trigger.fired_at is not None:
+            thaw(victim.name)
+            outcome.recovered_left = settled_state(victim.name, victim_before)
+        if scenario.memory_limit:
+            outcome.memory_inside = memory_after_relief(victim.name)
+        return outcome
     finally:
         if ee is not None:
             ee.remove()
