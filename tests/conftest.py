@@ -1,7 +1,9 @@
 """Fixtures shared by every layer of the suite.
 
 The suite's layers, fastest first:
-- tests/unit: the task-timeout module and the patches, no container needed;
+- tests/unit: the task-timeout modules, nothing but Python (stdlib, psutil) needed;
+- tests/patched: the patched ansible-core itself (real ansible-playbook runs), in the container of
+  scripts/core-tests (Python 3.13); skipped elsewhere;
 - tests/bench: the benchmarks' arithmetic and report (host only: bench/ needs matplotlib);
 - tests/image: the built EE image, checked with pytest-testinfra;
 - tests/integration: real ansible-playbook runs inside the image against

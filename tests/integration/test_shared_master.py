@@ -12,6 +12,7 @@ limits are checked: this image's `task_timeout`, and upstream's `timeout`, harde
 from __future__ import annotations
 
 import pytest
+from harness.dockerctl import docker
 from harness.runner import KEY_IN_EE, EEContainer, base_env, run_playbook, stage_project
 from harness.scenarios import HUNG, Lab
 from harness.targets import BECOME_PASSWORD, SSH_USER, inventory_ini
@@ -59,6 +60,8 @@ def test_timeout_spares_the_shared_master(lab: Lab, ee_image: str, keyword: str)
         run = run_playbook(ee, "shared_master.yml", env=env, outer_limit_s=120)
     finally:
         ee.remove()
+        # the hung command runs on the shared (pool) target: it is that host's, end it for the next tests
+        docker("exec", lab.pool.name, "pkill", "-f", "^sleep 3599$", check=False, timeout=30)
 
     problems: list[str] = []
     if run.rc != 2:
