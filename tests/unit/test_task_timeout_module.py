@@ -318,7 +318,10 @@ def test_kill_process_tree_kills_and_reaps_a_real_tree() -> None:
         import ansible_task_timeout as att, psutil
         assert att.become_subreaper()
         subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"])
-        time.sleep(0.5)
+        end = time.monotonic() + 10
+        while sum(p.name() == "sleep" for p in psutil.Process().children(recursive=True)) < 2:
+            assert time.monotonic() < end, "the tree never formed"
+            time.sleep(0.01)
         before = [p.pid for p in psutil.Process().children(recursive=True)]
         start = time.monotonic()
         killed = att.kill_process_tree()
@@ -341,7 +344,10 @@ def test_kill_process_tree_kills_and_reaps_a_real_tree() -> None:
 
 def test_kill_process_tree_escalates_to_sigkill() -> None:
     proc = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 300 & trap '' TERM; wait"])
-    time.sleep(0.3)
+    end = time.monotonic() + 10
+    while not any(p.name() == "sleep" for p in psutil.Process(proc.pid).children()):  # traps are set
+        assert time.monotonic() < end, "the tree never formed"
+        time.sleep(0.01)
     kids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
     start = time.monotonic()
     att.kill_process_tree(proc.pid, include_root=True, grace=0.5)
@@ -513,11 +519,14 @@ def test_reap_after_timeout_keeps_to_its_budget() -> None:
         f"""
         import subprocess, sys, time
         sys.path.insert(0, {str(SRC)!r})
-        import ansible_task_timeout as att
+        import ansible_task_timeout as att, psutil
         assert att.become_subreaper()
         spawner = "trap '' TERM; while true; do (trap '' TERM; sleep 300) & sleep 0.05; done"
         subprocess.Popen(["bash", "-c", spawner])
-        time.sleep(0.3)
+        end = time.monotonic() + 10
+        while not any(p.name() == "sleep" for p in psutil.Process().children(recursive=True)):
+            assert time.monotonic() < end, "the spawner never forked"
+            time.sleep(0.01)
         start = time.monotonic()
         att.reap_after_timeout(None)
         print(time.monotonic() - start)
