@@ -279,9 +279,18 @@ def test_critical_section_keeps_queue_frames_whole() -> None:
 
 
 def test_queue_frames_do_get_torn_without_critical_section() -> None:
-    """Control experiment: proves the torture above can fail (the race of W9 is real)."""
-    sent, whole, torn = _queue_torture("contextlib.nullcontext()")
-    assert torn > 0 or whole < sent
+    """Control experiment: proves the torture above can fail (the race of W9 is real).
+
+    The race depends on where the alarms land, and on a loaded machine one round can miss it:
+    up to five rounds, the first that tears a frame proves it.
+    """
+    rounds = []
+    for _ in range(5):
+        sent, whole, torn = _queue_torture("contextlib.nullcontext()")
+        rounds.append((sent, whole, torn))
+        if torn > 0 or whole < sent:
+            return
+    pytest.fail(f"no frame was torn without the critical section in 5 rounds: {rounds}")
 
 
 def test_alarm_expiring_at_exit_never_reaches_sig_dfl() -> None:
