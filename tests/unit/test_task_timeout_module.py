@@ -594,3 +594,13 @@ def test_guarded_cleanup_skips_remote_cleanup_and_kills_tree_after_a_timeout() -
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] []"
     assert time.monotonic() - start < 1 + att.KILL_GRACE + 3
+
+
+def test_once_the_deadline_fired_an_inner_alarm_raises_the_deadline_again() -> None:
+    """Upstream code that swallows the deadline (an over-broad except) and then hits its own
+    connection or attempt timeout: the result is still the task's timeout, not the inner one's."""
+    with pytest.raises(att.TaskDeadlineExceeded), att.task_deadline(1, started=time.monotonic() - 0.9):
+        with contextlib.suppress(att.TaskDeadlineExceeded):  # swallowed
+            time.sleep(10)
+        with att.alarm(0.2, Boom):
+            time.sleep(10)

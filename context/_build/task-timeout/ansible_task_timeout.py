@@ -292,7 +292,9 @@ def _rearm() -> None:
 def _fire() -> None:
     """Raise the exception of the outermost scope that is due; re-arm so unwinding stays bounded."""
     now = time.monotonic()
-    due = [scope for scope in _state.scopes if scope.deadline <= now + 0.0005]
+    # a scope that fired stays due: once the whole-task deadline passed, every later alarm (an inner
+    # per-attempt or connection timeout among them) raises the deadline again, never its own
+    due = [scope for scope in _state.scopes if scope.fired or scope.deadline <= now + 0.0005]
     if not due:  # early or stale signal: just re-arm
         _rearm()
         return
