@@ -342,28 +342,30 @@ def alarm(seconds: float, make_exc: Callable[[], BaseException]) -> Iterator[Non
     if seconds <= 0:
         yield
         return
-    with _sigalrm_deferred():
-        if not _state.scopes:
-            _refuse_foreign_alarm()
-            _state.previous_handler = signal.signal(signal.SIGALRM, _on_alarm)
-        scope = _Scope(deadline=time.monotonic() + seconds, make_exc=make_exc)
-        _state.scopes.append(scope)
-        _rearm()
+    scope: _Scope | None = None
     try:
+        with _sigalrm_deferred():  # an alarm due on entry is raised at its end: after the finally below
+            if not _state.scopes:
+                _refuse_foreign_alarm()
+                _state.previous_handler = signal.signal(signal.SIGALRM, _on_alarm)
+            scope = _Scope(deadline=time.monotonic() + seconds, make_exc=make_exc)
+            _state.scopes.append(scope)
+            _rearm()
         yield
     finally:
-        with _sigalrm_deferred():
-            _state.scopes.remove(scope)
-            if not _state.scopes:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                if signal.SIGALRM in signal.sigpending():
-                    signal.sigtimedwait([signal.SIGALRM], 0)  # consume it while still blocked
-                previous = _state.previous_handler
-                signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)  # type: ignore[arg-type]
-                _state.previous_handler = None
-                _state.pending = False
-            else:
-                _rearm()
+        if scope is not None:  # None: refused on entry, nothing to undo
+            with _sigalrm_deferred():
+                _state.scopes.remove(scope)
+                if not _state.scopes:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    if signal.SIGALRM in signal.sigpending():
+                        signal.sigtimedwait([signal.SIGALRM], 0)  # consume it while still blocked
+                    previous = _state.previous_handler
+                    signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+                    _state.previous_handler = None
+                    _state.pending = False
+                else:
+                    _rearm()
 
 
 @contextlib.contextmanager
