@@ -656,10 +656,7 @@ def release_control_master(
     _ssh_control("stop", control_path, timeout)
     if control_path_clients(control_path, exclude=[m.pid for m in masters]):
         return []
-    if wait is None:
-        end_processes(masters, timeout)
-    else:
-        end_processes(masters, timeout, wait=wait)
+    end_processes(masters, timeout, wait=wait or _wait_dead)
     with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
         os.unlink(control_path)
     return [proc.pid for proc in masters]
