@@ -147,6 +147,11 @@ class _Channel:
     worker: _Worker | None = None
 
 
+def _watchdog_deadline(started: float, limit: int) -> float | None:
+    """When the watchdog ends a worker started at `started` (monotonic); None for no limit."""
+    return started + limit + ansible_task_timeout.WATCHDOG_GRACE if limit > 0 else None
+
+
 def _signal_name(exitcode: int | None) -> str:
     if exitcode is None:
         return "exit status unknown"
@@ -220,12 +225,8 @@ class ResultChannels:
                 return
             limit = ansible_task_timeout.literal_limit(raw_limit)
             now = time.monotonic()
-            if limit is None:  # provisional, until the worker tells the limit it resolved
-                deadline: float | None = (
-                    now + ansible_task_timeout.RESOLVE_LIMIT + ansible_task_timeout.WATCHDOG_GRACE
-                )
-            else:
-                deadline = now + limit + ansible_task_timeout.WATCHDOG_GRACE if limit > 0 else None
+            # provisional for a templated limit, until the worker tells the one it resolved
+            deadline = _watchdog_deadline(now, ansible_task_timeout.RESOLVE_LIMIT if limit is None else limit)
             channel.worker = _Worker(worker_id, pid, host_name, task_uuid, limit or 0, deadline, process, now)
         register_worker(pid)
         self._wake()
@@ -412,8 +413,7 @@ class ResultChannels:
             if isinstance(obj, ansible_task_timeout.LimitNotice):
                 if worker is not None:  # the limit the worker resolved: the watchdog's real deadline
                     worker.limit = obj.limit
-                    grace = ansible_task_timeout.WATCHDOG_GRACE
-                    worker.deadline = worker.started + obj.limit + grace if obj.limit > 0 else None
+                    worker.deadline = _watchdog_deadline(worker.started, obj.limit)
                 continue
             if worker is not None and self._is_task_result(obj):
                 worker.delivered = True
@@ -536,7 +536,7 @@ def kill_worker_tree(pid: int) -> set[str]:
             try:
                 cmdline = proc.cmdline()
             except psutil.Error:
-                continue
+                cmdline = []  # unreadable: not a master we can tell, so it is killed like the rest
             if (path := ansible_task_timeout.mux_master_path(cmdline)) is not None:
                 paths.add(path)  # spared, with what it runs (a ProxyCommand)
                 with contextlib.suppress(psutil.Error):
