@@ -123,13 +123,14 @@ unit: venv
 core-tests: base
 	scripts/core-tests
 
+# scripts/referee has no .py suffix: named, so that ruff checks it too.
 lint: venv
-	$(RUFF) check .
-	$(RUFF) format --check .
+	$(RUFF) check . scripts/referee
+	$(RUFF) format --check . scripts/referee
 
 format: venv
-	$(RUFF) format .
-	$(RUFF) check --fix .
+	$(RUFF) format . scripts/referee
+	$(RUFF) check --fix . scripts/referee
 
 # ansible-core's own integration targets (tests/referee, docs/referee.md) on the stock and the
 # patched image, compared: fails naming each target that passes on stock and fails or hangs
@@ -145,6 +146,8 @@ bench: venv image image-stock target
 
 clean:
 	-$(CONTAINER_ENGINE) ps -aq --filter label=task-timeout-ee.test | xargs -r $(CONTAINER_ENGINE) rm -f
+	-$(CONTAINER_ENGINE) ps -aq --filter label=task-timeout-ee.referee | xargs -r $(CONTAINER_ENGINE) rm -f
+	-$(CONTAINER_ENGINE) network ls -q --filter label=task-timeout-ee.referee | xargs -r $(CONTAINER_ENGINE) network rm
 	-$(CONTAINER_ENGINE) image rm -f $(EE_IMAGE) $(IMAGE):$(VERSION) $(STOCK_IMAGE) $(TARGET_IMAGE) 2>/dev/null
 	rm -rf .cache .pytest_cache .ruff_cache
 

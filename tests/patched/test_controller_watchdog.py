@@ -424,7 +424,9 @@ def test_controller_shutdown_leaves_nothing(tmp_path: Path, how: str) -> None:
         assert len(workers_of(proc.pid)) == len(HOSTS)
         worker_pids = [w.pid for w in workers_of(proc.pid)]
         _kill(how, proc)
-        proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=30)
+        if how in ("SIGINT", "SIGTERM"):  # the controller forwarded it: no worker was lost
+            assert LOST_WORKER not in out, out
         start = time.monotonic()
         wait_for(lambda: not run_processes(run_id), 15, f"no process of run {run_id}")
         wait_for(
@@ -443,6 +445,60 @@ def test_controller_shutdown_leaves_nothing(tmp_path: Path, how: str) -> None:
             proc.wait()
         for p in sleeps("317") + sleeps("319"):
             p.kill()
+
+
+CTRL_C_ROUNDS = int(os.environ.get("CTRL_C_ROUNDS", "15"))
+CTRL_C_HOSTS = 10
+LOST_WORKER = "before delivering its task result"
+
+
+@pytest.mark.parametrize("isolation", ["0", "1"])
+def test_ctrl_c_reports_no_lost_worker(tmp_path: Path, isolation: str) -> None:
+    """Ctrl-C, round after round: the workers the controller's own forwarding ends are not lost workers.
+
+    The controller forwards SIGINT to each worker, which sits in a process group of its own and dies
+    of it while its result is still due. The results thread sees that death while the main thread
+    handles the interrupt: the run is being interrupted, so it is no lost worker, in every round.
+    The form of upstream's signal_propagation target: ad-hoc, a lookup running in each worker.
+    """
+    (tmp_path / "inventory").write_text(
+        "[all]\n"
+        + "".join(
+            f"c{i} ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+            for i in range(CTRL_C_HOSTS)
+        )
+    )
+    adhoc = str(Path(ansible_playbook()).with_name("ansible"))
+    argv = [adhoc, "all", "-i", "inventory", "-m", "debug", "-a", 'msg={{ lookup("pipe", "sleep 333") }}']
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_WORKER_SESSION_ISOLATION": isolation}
+    outputs = []
+    for _ in range(CTRL_C_ROUNDS):
+        proc = subprocess.Popen(
+            [*argv, "-f", str(CTRL_C_HOSTS)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: len(sleeps("333")) == CTRL_C_HOSTS, 60, "every worker's lookup")
+            proc.send_signal(signal.SIGINT)  # as ^C in its terminal, or upstream's timeout.py -s SIGINT
+            out, _ = proc.communicate(timeout=30)
+            outputs.append(out)
+            wait_for(lambda: not sleeps("333"), 15, "the lookups to end")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for p in sleeps("333"):
+                p.kill()
+    warned = [out for out in outputs if LOST_WORKER in out]
+    assert not warned, (
+        f"{len(warned)} of {len(outputs)} interrupted runs warned of a lost worker:\n{warned[0]}"
+    )
+    assert all("User interrupted execution" in out for out in outputs), outputs[0]
 
 
 def test_normal_end_spares_intended_background_but_ends_workers(tmp_path: Path) -> None:
