@@ -30,7 +30,8 @@ BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMA
 	$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK))
 
 .PHONY: help demo test stock-reference host-deps venv base context check-context image image-stock target \
-	unit core-tests lint format bench clean clean-base referee referee-reference
+	unit core-tests lint format bench clean clean-base referee referee-reference images referee-test \
+	_stock-reference _referee-test
 
 help:
 	@echo "make demo     build what is missing, show a frozen host timed out while four others finish"
@@ -103,18 +104,33 @@ target: base
 demo: image target
 	scripts/demo
 
-# Order: what fails fastest first. The integration tests run on two xdist workers, each with
-# its own network, key and targets.
-test: venv lint unit core-tests image image-stock target
+# Order: what fails fastest first. ansible-core's unit tests (CPU) run while the images build
+# (network, disk). The rest runs one step at a time: the referee's timing-sensitive targets
+# (callback_default's free-strategy output order) failed beside the stock reference's runs.
+# The integration tests run on xdist workers, each with its own network, key and targets.
+# (_name: the step alone, its images already built.)
+test: venv lint unit
+	$(MAKE) --no-print-directory -j2 --output-sync=target core-tests images
 	$(PYTEST) tests/image -q $(PYTEST_ARGS)
-	$(PYTEST) tests/integration -n 2 $(PYTEST_ARGS)
+	$(PYTEST) tests/integration -n 2 --durations=15 --ignore=$(STOCK_TESTS) $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory _stock-reference
+	$(MAKE) --no-print-directory _referee-test
+
+# One after the other: image-stock copies context/, into which image's build writes its CA.
+images: base
+	$(MAKE) --no-print-directory image
+	$(MAKE) --no-print-directory image-stock
+	$(MAKE) --no-print-directory target
 
 # ---- steps -------------------------------------------------------------------------------
 
 # The same hang matrix against stock ansible-core (part of `make test` too); TT_STOCK_REPORT=file
 # writes the measured outcomes as JSON lines.
-stock-reference: venv image-stock target
-	$(PYTEST) tests/integration/test_stock_reference.py -n 2 $(PYTEST_ARGS)
+# Three workers: these runs mostly wait for stock to hang until its outer limit.
+STOCK_TESTS := tests/integration/test_stock_reference.py
+stock-reference: venv image-stock target _stock-reference
+_stock-reference:
+	$(PYTEST) $(STOCK_TESTS) -n 3 --durations=5 $(PYTEST_ARGS)
 
 unit: venv
 	$(PYTEST) tests/unit tests/bench -q
@@ -137,6 +153,13 @@ format: venv
 # patched. referee-reference rewrites the committed stock side, tests/referee/stock-reference.json.
 referee: image image-stock
 	BUILD_NETWORK=$(BUILD_NETWORK) scripts/referee $(REFEREE_ARGS)
+
+# The referee's part of `make test`: the patched side of every target against the committed stock
+# reference, then fork_safe_stdio (which once hung at exit now and then) 30 times.
+referee-test: image _referee-test
+_referee-test:
+	BUILD_NETWORK=$(BUILD_NETWORK) scripts/referee --patched-only
+	BUILD_NETWORK=$(BUILD_NETWORK) scripts/referee --patched-only --repeat 30 fork_safe_stdio
 
 referee-reference: image-stock
 	BUILD_NETWORK=$(BUILD_NETWORK) scripts/referee --stock-only --write-reference $(REFEREE_ARGS)
