@@ -158,9 +158,15 @@ def records(tmp_path: Path) -> list[dict[str, object]]:
 
 def start_playbook(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     """ansible-playbook in its own process group and session, as ansible-runner starts it."""
+    argv = [ansible_playbook(), "-i", str(tmp_path / "inventory"), str(tmp_path / "play.yml")]
+    return start_run(argv, tmp_path, env)
+
+
+def start_run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """An ansible command in its own process group and session, its output merged and captured."""
     return subprocess.Popen(
-        [ansible_playbook(), "-i", str(tmp_path / "inventory"), str(tmp_path / "play.yml")],
-        cwd=tmp_path,
+        argv,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -473,15 +479,7 @@ def test_ctrl_c_reports_no_lost_worker(tmp_path: Path, isolation: str) -> None:
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_WORKER_SESSION_ISOLATION": isolation}
     outputs = []
     for _ in range(CTRL_C_ROUNDS):
-        proc = subprocess.Popen(
-            [*argv, "-f", str(CTRL_C_HOSTS)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        proc = start_run([*argv, "-f", str(CTRL_C_HOSTS)], tmp_path, env)
         try:
             wait_for(lambda: len(sleeps("333")) == CTRL_C_HOSTS, 60, "every worker's lookup")
             proc.send_signal(signal.SIGINT)  # as ^C in its terminal, or upstream's timeout.py -s SIGINT
