@@ -7,6 +7,8 @@ IMAGE            ?= task-timeout-ee
 EE_IMAGE         ?= $(IMAGE):dev
 STOCK_IMAGE      ?= $(IMAGE):stock
 TARGET_IMAGE     ?= task-timeout-ee-target:dev
+# Plain Debian with the wheel in a virtualenv: the project used without the EE (tests/venv).
+VENV_IMAGE       ?= task-timeout-ee-venv:dev
 # The base the image is built on. Where a registry is reachable:
 #   make image BASE_IMAGE=docker.io/library/debian:trixie
 LOCAL_BASE       := localhost/debian:trixie
@@ -20,20 +22,26 @@ PYTEST_ARGS      ?=
 # e.g. REFEREE_ARGS="--set quick" or "--targets handlers,blocks" (scripts/referee --help)
 REFEREE_ARGS     ?=
 
+# What scripts/build-wheel builds (pyproject.toml's [tool.task-timeout-ee]).
+CORE_VERSION := $(shell sed -n 's/^core = "\(.*\)"/\1/p' pyproject.toml)
+CORE_LOCAL   := $(shell sed -n 's/^local-version = "\(.*\)"/\1/p' pyproject.toml)
+WHEEL        := dist/ansible_core-$(CORE_VERSION)+$(CORE_LOCAL)-py3-none-any.whl
+
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
-export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE CA_BUNDLE
+export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE VENV_IMAGE CA_BUNDLE
 
 BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMAGE) \
 	$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK))
 
-.PHONY: help demo test stock-reference host-deps venv base context check-context image image-stock target \
+.PHONY: wheel wheelhouse venv-image lock help demo test stock-reference host-deps venv base context check-context image image-stock target \
 	unit core-tests lint format bench clean clean-base referee referee-reference images referee-test \
 	_stock-reference _referee-test
 
 help:
+	@echo "make wheel    dist/: ansible-core $(CORE_VERSION)+$(CORE_LOCAL), patched, for pip install in any venv"
 	@echo "make demo     build what is missing, show a frozen host timed out while four others finish"
 	@echo "make test     the whole suite (lint, unit, context check, image, integration)"
 	@echo "make image    build $(EE_IMAGE) and $(IMAGE):$(VERSION) (BASE_IMAGE=, CA_BUNDLE=, CONTAINER_ENGINE=)"
@@ -43,17 +51,50 @@ help:
 
 # ---- what a fresh machine needs --------------------------------------------------------
 
-# mmdebstrap bootstraps the local base image; installed from Debian's packages.
+# mmdebstrap bootstraps the local base image; patch applies patches/ (make wheel). Both from
+# Debian's packages.
 host-deps:
-	@command -v mmdebstrap >/dev/null || { \
-	  [ "$$(id -u)" = 0 ] || { echo "make: mmdebstrap is missing: sudo apt-get install mmdebstrap" >&2; exit 1; }; \
-	  apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null; }
+	@missing=$$(for t in mmdebstrap patch; do command -v $$t >/dev/null || echo $$t; done); \
+	[ -z "$$missing" ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "make: missing:" $$missing": sudo apt-get install" $$missing >&2; exit 1; }; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-test.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements-test.txt
 	touch $@
+
+# ---- the wheel ---------------------------------------------------------------------------
+
+# The patched ansible-core as a wheel that pip installs anywhere (Python >= 3.12); the image's
+# builder stage runs the same script. Reproducible: same inputs, same bytes.
+wheel: $(WHEEL)
+$(WHEEL): venv host-deps requirements.lock pyproject.toml scripts/build-wheel scripts/apply-patches \
+		$(wildcard patches/*.patch) $(shell find src -name '*.py' -not -path '*/__pycache__/*')
+	$(PY) scripts/build-wheel --dest dist
+
+# requirements.lock from requirements.in: exact pins with the hashes of every file of each, for
+# every platform and Python >= 3.12 (uv resolves for the image's Python, not the host's).
+lock: venv
+	SSL_CERT_FILE=$${SSL_CERT_FILE:-$(or $(CA_BUNDLE),/etc/ssl/certs/ca-certificates.crt)} \
+	  $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.12 --generate-hashes \
+	  --custom-compile-command "make lock" requirements.in -o requirements.lock
+	@echo "requirements.lock regenerated from requirements.in"
+
+# The wheel plus requirements.lock's files for this machine's CPython 3.13 (the version trixie
+# ships), each checked against its hash: an offline wheelhouse for a plain virtualenv. Without the
+# released ansible-core and the build tool: nothing there but what such a venv installs.
+WHEELHOUSE := .cache/wheelhouse
+wheelhouse: $(WHEEL)
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip download --quiet --require-hashes --no-deps --only-binary=:all: --dest $(WHEELHOUSE) \
+	  --python-version 3.13 --implementation cp --abi cp313 --abi abi3 --abi none \
+	  $(foreach p,manylinux_2_34 manylinux_2_28 manylinux_2_17 manylinux2014 manylinux_2_12 manylinux2010 any,\
+	    --platform $(if $(filter any,$(p)),any,$(p)_$(shell uname -m))) \
+	  -r requirements.lock
+	rm -f $(WHEELHOUSE)/ansible_core-$(CORE_VERSION)-py3-none-any.whl $(WHEELHOUSE)/wheel-*.whl
+	cp $(WHEEL) $(WHEELHOUSE)/
 
 # ---- images ------------------------------------------------------------------------------
 
@@ -85,19 +126,26 @@ image: base check-context
 # The same image without the patches and with ansible's own defaults (no ansible.cfg of ours:
 # its ServerAlive settings would end a frozen connection after 45-60 s, which stock users do not
 # have): the stock reference of tests and benchmarks.
+# Its builder stage passes the released wheel through (ANSIBLE_CORE_VERSION without a local
+# label); the layers before that are shared with the patched image's.
 image-stock: base check-context
 	rm -rf .cache/stock-context && mkdir -p .cache && cp -r context .cache/stock-context
-	rm -f .cache/stock-context/_build/patches/*.patch
-	printf '#!/bin/sh\necho "# stock: ansible-core as released, no patches" > "$$1/ansible_task_timeout_patches.txt"\n' \
-	  > .cache/stock-context/_build/task-timeout/apply-patches
 	echo "# stock: ansible-core's own defaults" > .cache/stock-context/_build/ansible-config/ansible.cfg
-	$(BUILD_IMAGE) --context .cache/stock-context --tag $(STOCK_IMAGE)
+	$(BUILD_IMAGE) --context .cache/stock-context --tag $(STOCK_IMAGE) --build-arg ANSIBLE_CORE_VERSION=$(CORE_VERSION)
 
 # The managed-host target of the tests and the demo (the top-level Containerfile).
 target: base
 	$(CONTAINER_ENGINE) build -q -f Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	  $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK)) -t $(TARGET_IMAGE) . >/dev/null
 	@echo "built $(TARGET_IMAGE)"
+
+# tests/venv/Containerfile: the local base, python3-venv, and the wheel pip-installed into a venv.
+venv-image: base wheelhouse
+	rm -rf .cache/venv-context && mkdir -p .cache/venv-context
+	cp -r $(WHEELHOUSE) .cache/venv-context/wheelhouse
+	$(CONTAINER_ENGINE) build -q -f tests/venv/Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK)) -t $(VENV_IMAGE) .cache/venv-context >/dev/null
+	@echo "built $(VENV_IMAGE)"
 
 # ---- the two set-up commands -------------------------------------------------------------
 
@@ -121,6 +169,7 @@ images: base
 	$(MAKE) --no-print-directory image
 	$(MAKE) --no-print-directory image-stock
 	$(MAKE) --no-print-directory target
+	$(MAKE) --no-print-directory venv-image
 
 # ---- steps -------------------------------------------------------------------------------
 
@@ -132,21 +181,22 @@ stock-reference: venv image-stock target _stock-reference
 _stock-reference:
 	$(PYTEST) $(STOCK_TESTS) -n 3 --durations=5 $(PYTEST_ARGS)
 
-unit: venv
-	$(PYTEST) tests/unit tests/bench -q
+# tests/wheel builds the wheel (the released one is fetched once into .cache/upstream).
+unit: venv host-deps
+	$(PYTEST) tests/unit tests/bench tests/wheel -q
 
 # ansible-core's own unit tests (executor, playbook, strategy) on the patched tree.
 core-tests: base
 	scripts/core-tests
 
-# scripts/referee has no .py suffix: named, so that ruff checks it too.
+# scripts/referee and build-wheel have no .py suffix: named, so that ruff checks them too.
 lint: venv
-	$(RUFF) check . scripts/referee
-	$(RUFF) format --check . scripts/referee
+	$(RUFF) check . scripts/referee scripts/build-wheel
+	$(RUFF) format --check . scripts/referee scripts/build-wheel
 
 format: venv
-	$(RUFF) format . scripts/referee
-	$(RUFF) check --fix . scripts/referee
+	$(RUFF) format . scripts/referee scripts/build-wheel
+	$(RUFF) check --fix . scripts/referee scripts/build-wheel
 
 # ansible-core's own integration targets (tests/referee, docs/referee.md) on the stock and the
 # patched image, compared: fails naming each target that passes on stock and fails or hangs
@@ -171,8 +221,8 @@ clean:
 	-$(CONTAINER_ENGINE) ps -aq --filter label=task-timeout-ee.test | xargs -r $(CONTAINER_ENGINE) rm -f
 	-$(CONTAINER_ENGINE) ps -aq --filter label=task-timeout-ee.referee | xargs -r $(CONTAINER_ENGINE) rm -f
 	-$(CONTAINER_ENGINE) network ls -q --filter label=task-timeout-ee.referee | xargs -r $(CONTAINER_ENGINE) network rm
-	-$(CONTAINER_ENGINE) image rm -f $(EE_IMAGE) $(IMAGE):$(VERSION) $(STOCK_IMAGE) $(TARGET_IMAGE) 2>/dev/null
-	rm -rf .cache .pytest_cache .ruff_cache
+	-$(CONTAINER_ENGINE) image rm -f $(EE_IMAGE) $(IMAGE):$(VERSION) $(STOCK_IMAGE) $(TARGET_IMAGE) $(VENV_IMAGE) 2>/dev/null
+	rm -rf .cache .pytest_cache .ruff_cache dist
 
 clean-base:
 	-$(CONTAINER_ENGINE) image rm -f $(LOCAL_BASE)

@@ -108,6 +108,15 @@ def stock_image(engine: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def venv_image(engine: str) -> str:
+    """Plain Debian with the wheel in a virtualenv (VENV_IMAGE, default task-timeout-ee-venv:dev)."""
+    image = os.environ.get("VENV_IMAGE", "task-timeout-ee-venv:dev")
+    if subprocess.run([engine, "image", "inspect", image], capture_output=True).returncode != 0:
+        pytest.fail(f"image {image} not found: run `make venv-image` first", pytrace=False)
+    return image
+
+
+@pytest.fixture(scope="session")
 def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshKey]:
     """A fresh ed25519 keypair for this session (targets.SshKey); the key dir is deleted afterwards."""
     from harness.targets import make_ssh_key

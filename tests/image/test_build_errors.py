@@ -85,7 +85,7 @@ def test_a_patch_that_does_not_apply_fails_the_build(engine: str, ee_image: str,
     """A broken patch stops the build naming itself; :dev keeps the last good image, no tag is left."""
     context = tmp_path / "context"
     shutil.copytree(ROOT / "context", context, ignore=shutil.ignore_patterns("*.pem", "*.whl"))
-    (context / "_build" / "patches" / "9999-does-not-apply.patch").write_text(
+    (context / "_build" / "task-timeout" / "patches" / "9999-does-not-apply.patch").write_text(
         "Why: a hunk whose context is not in ansible-core.\n\n"
         "--- a/ansible/release.py\n+++ b/ansible/release.py\n"
         "@@ -1,3 +1,3 @@\n-no such line\n+replacement\n no such context\n no such context either\n"

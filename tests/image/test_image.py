@@ -10,14 +10,14 @@ import re
 import subprocess
 import tarfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from harness.distcheck import RECORD_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFINITION = yaml.safe_load((ROOT / "execution-environment.yml").read_text())
 
 # Reads the process table with psutil, as a job inside the EE would see it.
 PS_SCRIPT = (
@@ -30,12 +30,16 @@ def processes(host: Any) -> list[dict[str, Any]]:
     return json.loads(host.check_output("python3 -c %s", PS_SCRIPT))
 
 
+LOCK = (ROOT / "requirements.lock").read_text()
+WHEEL_CFG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]
+PATCHED_CORE = f"{WHEEL_CFG['core']}+{WHEEL_CFG['local-version']}"
+
+
 def pinned(name: str) -> str:
-    """The version execution-environment.yml pins NAME to."""
-    for req in DEFINITION["dependencies"]["python"]:
-        if req.startswith(f"{name}=="):
-            return req.split("==", 1)[1]
-    raise AssertionError(f"{name} is not pinned in execution-environment.yml")
+    """The version requirements.lock pins NAME to."""
+    m = re.search(rf"^{re.escape(name)}==([^\s;]+)", LOCK, re.M | re.I)
+    assert m, f"{name} is not pinned in requirements.lock"
+    return m[1]
 
 
 def test_image_size_is_reported(image_config: dict[str, Any]) -> None:
@@ -84,6 +88,40 @@ def test_ansible_core_is_the_pinned_version(host: Any) -> None:
     out = host.check_output("ansible --version")
     assert f"ansible [core {pinned('ansible-core')}]" in out
     assert pinned("ansible-runner") in host.check_output("ansible-runner --version")
+
+
+def test_pip_knows_the_patched_core(host: Any, image_config: dict[str, Any]) -> None:
+    """pip and the image's label both say which core this is: no longer 2.21.5 as released."""
+    show = host.check_output("python3 -m pip show ansible-core")
+    assert f"Version: {PATCHED_CORE}" in show.splitlines()
+    assert "psutil" in next(line for line in show.splitlines() if line.startswith("Requires:"))
+    assert image_config["Config"]["Labels"]["io.github.task-timeout-ee.ansible-core"] == PATCHED_CORE
+
+
+def test_every_installed_file_matches_its_record(host: Any) -> None:
+    report = json.loads(host.check_output("python3 -c %s", RECORD_SCRIPT))
+    assert not report["bad"], f"files that differ from their RECORD: {report['bad'][:20]}"
+    assert report["counts"].get("ansible-core", 0) > 1000, report["counts"]
+    assert report["counts"].get("psutil", 0) > 0, report["counts"]
+
+
+def test_pip_check_is_clean(host: Any) -> None:
+    result = host.run("python3 -m pip check")
+    assert result.rc == 0, result.stdout + result.stderr
+
+
+def test_a_requirement_on_the_released_core_keeps_the_patched_one(container: Any) -> None:
+    """A derived image's `pip install ansible-core==<core>` (the `ansible` package's pin) is a no-op."""
+    root = container("--user", "0")
+    result = root.run(
+        "PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-index 'ansible-core==%s' 'ansible-core~=%s'",
+        WHEEL_CFG["core"],
+        WHEEL_CFG["core"],
+    )
+    assert result.rc == 0, result.stdout + result.stderr
+    assert f"Requirement already satisfied: ansible-core=={WHEEL_CFG['core']}" in result.stdout
+    assert f"({PATCHED_CORE})" in result.stdout
+    assert PATCHED_CORE in root.check_output("python3 -m pip show ansible-core")
 
 
 def test_patch_record_lists_every_patch(host: Any) -> None:

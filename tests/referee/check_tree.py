@@ -5,8 +5,9 @@ usage: python3 check_tree.py SIDE SITE_PACKAGES SDIST_LIB PATCH_DIR   (inside th
 scripts/referee swaps the sdist's lib/ansible for the image's installed ansible package; the
 targets then run the image's code. This proves what that code is, before any target runs:
 
-- stock: the image's record (ansible_task_timeout_patches.txt) says stock, and its ansible
-  package is byte-identical to the sdist's lib/ansible (__pycache__ aside);
+- stock: pip's record says ansible-core as released (no local version label), nothing of ours
+  sits beside it, and its ansible package is byte-identical to the sdist's lib/ansible
+  (__pycache__ aside);
 - patched: the record lists patches; the files that differ from the sdist are exactly the files
   those patches touch (read from PATCH_DIR, the repository's patches/). When every recorded
   sha256 matches PATCH_DIR, the sdist with those patches applied must equal the image's package
@@ -18,6 +19,7 @@ Prints one line `REFEREE_TREE {json}`; exits 3 (and says why on stderr) when a c
 
 import filecmp
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -81,25 +83,27 @@ def main():
     info["modules"] = {
         n: sha256(os.path.join(site, n))[:12] for n in modules if os.path.isfile(os.path.join(site, n))
     }
-    if not os.path.isfile(record_path):
-        fail(f"{record_path} is missing: not a task-timeout-ee image", info)
-    with open(record_path, encoding="utf-8") as f:
-        record = f.read().splitlines()
-    info["record"] = record[0] if record else ""
+    (dist,) = importlib.metadata.distributions(name="ansible-core", path=[site])
+    info["version"] = dist.version
     diff = differing(sdist_pkg, image_pkg)
     info["differing"] = diff
 
     if side == "stock":
-        if not record or "stock" not in record[0]:
-            fail(f"the stock image's record does not say stock: {record[:1]}", info)
+        if "+" in dist.version or modules:
+            fail(f"the stock image has ansible-core {dist.version} and {modules} beside it", info)
         if diff:
             fail(f"the stock image's ansible differs from the sdist in {len(diff)} files: {diff[:10]}", info)
         info["ok"] = True
         print("REFEREE_TREE " + json.dumps(info, sort_keys=True), flush=True)
         return
 
-    if record and "stock" in record[0]:
-        fail("the patched side's image records itself as stock", info)
+    if "+" not in dist.version:
+        fail(f"the patched side's image has ansible-core {dist.version}, as released", info)
+    if not os.path.isfile(record_path):
+        fail(f"{record_path} is missing: not a task-timeout-ee image", info)
+    with open(record_path, encoding="utf-8") as f:
+        record = f.read().splitlines()
+    info["record"] = record[0] if record else ""
     recorded = [line.split() for line in record if line and not line.startswith("#")]
     if not recorded:
         fail(f"{record_path} lists no patch", info)

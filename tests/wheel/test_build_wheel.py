@@ -1,0 +1,144 @@
+"""scripts/build-wheel: the patched ansible-core as a wheel, checked as a file.
+
+These run on the host (any Python >= 3.11 with the `wheel` package; the released wheel comes from
+the package index once and is cached in .cache/upstream). Installing the wheel and running it is
+tests/integration/test_wheel_venv.py's part: that needs a Python ansible-core 2.21 supports.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = [sys.executable, str(REPO / "scripts" / "build-wheel")]
+_cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]
+CORE, LOCAL = _cfg["core"], _cfg["local-version"]
+NAME = f"ansible_core-{CORE}+{LOCAL}-py3-none-any.whl"
+
+
+def build(dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BUILD, "--dest", str(dest), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("dist")
+    result = build(dest)
+    assert result.returncode == 0, result.stderr
+    return dest / NAME
+
+
+def read(whl: Path, member: str) -> str:
+    with zipfile.ZipFile(whl) as zf:
+        return zf.read(member).decode()
+
+
+def test_the_version_is_a_local_version_of_the_released_core(wheel: Path) -> None:
+    metadata = read(wheel, f"ansible_core-{CORE}+{LOCAL}.dist-info/METADATA")
+    assert f"\nVersion: {CORE}+{LOCAL}\n" in metadata
+    # what collections' requires_ansible and ansible_version compare stays the released one
+    assert f"__version__ = '{CORE}'" in read(wheel, "ansible/release.py")
+    version = Version(f"{CORE}+{LOCAL}")
+    major, minor, _ = CORE.split(".")
+    for spec in (f"=={CORE}", f"~={CORE}", f">={major}.{int(minor) - 1}", f"<{major}.{int(minor) + 1}"):
+        assert SpecifierSet(spec).contains(version), spec
+
+
+def test_psutil_is_a_declared_dependency_beside_upstreams(wheel: Path) -> None:
+    metadata = read(wheel, f"ansible_core-{CORE}+{LOCAL}.dist-info/METADATA")
+    head = metadata.split("\n\n", 1)[0]
+    requires = [
+        line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Requires-Dist:")
+    ]
+    assert "psutil>=5.9" in requires
+    assert any(r.startswith("jinja2") for r in requires), requires
+
+
+def test_record_lists_every_file_with_its_hash(wheel: Path) -> None:
+    record_name = f"ansible_core-{CORE}+{LOCAL}.dist-info/RECORD"
+    with zipfile.ZipFile(wheel) as zf:
+        rows = list(csv.reader(io.StringIO(zf.read(record_name).decode())))
+        listed = {row[0]: row for row in rows}
+        members = [i.filename for i in zf.infolist() if not i.is_dir()]
+        assert sorted(listed) == sorted(members)
+        for name in members:
+            if name == record_name:
+                continue
+            data = zf.read(name)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert listed[name][1:] == [f"sha256={digest}", str(len(data))], name
+
+
+def test_the_patches_and_the_package_are_in_it(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert any(n.startswith("ansible_task_timeout") for n in names)
+    assert "task_timeout" in read(wheel, "ansible/executor/task_executor.py")
+    top = read(wheel, f"ansible_core-{CORE}+{LOCAL}.dist-info/top_level.txt").split()
+    assert {"ansible", "ansible_test"} <= set(top)
+    assert any(t.startswith("ansible_task_timeout") for t in top)
+
+
+def test_two_builds_are_byte_identical(wheel: Path, tmp_path: Path) -> None:
+    again = build(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / NAME).read_bytes() == wheel.read_bytes()
+
+
+def test_install_requirements_pin_this_wheel_by_its_hash(wheel: Path, tmp_path: Path) -> None:
+    out = tmp_path / "install.txt"
+    result = build(tmp_path, "--install-requirements", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert f"ansible-core=={CORE}+{LOCAL} --hash=sha256:{digest}" in lines
+    assert not any(line.startswith("wheel==") for line in lines), "a build-only tool would be installed"
+    assert all("--hash=sha256:" in line for line in lines)
+    assert any(line.startswith("psutil==") for line in lines)
+
+
+def test_a_core_version_this_tree_does_not_build_is_refused(tmp_path: Path) -> None:
+    result = build(tmp_path, "--core-version", "2.19.0")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"builds ansible-core {CORE}+{LOCAL}" in result.stderr and "2.19.0" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_stock_passes_the_released_wheel_through(tmp_path: Path) -> None:
+    result = build(tmp_path, "--core-version", CORE)
+    assert result.returncode == 0, result.stderr
+    (whl,) = tmp_path.iterdir()
+    assert whl.name == f"ansible_core-{CORE}-py3-none-any.whl"
+    with zipfile.ZipFile(whl) as zf:
+        assert not any(n.startswith("ansible_task_timeout") for n in zf.namelist())
+
+
+def test_an_upstream_wheel_the_lock_does_not_know_is_refused(wheel: Path, tmp_path: Path) -> None:
+    fake = tmp_path / f"ansible_core-{CORE}-py3-none-any.whl"
+    shutil.copyfile(wheel, fake)
+    result = build(tmp_path / "out", "--upstream", str(fake))
+    assert result.returncode == 1
+    assert re.search(r"sha256 [0-9a-f]{64} is not the lock's", result.stderr), result.stderr
+
+
+def test_a_lock_without_hashes_is_refused(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"ansible-core=={CORE}\n")
+    result = build(tmp_path / "out", "--lock", str(lock))
+    assert result.returncode == 1
+    assert f"ansible-core=={CORE} has no --hash" in result.stderr
