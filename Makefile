@@ -34,7 +34,7 @@ BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMA
 	_stock-reference _referee-test
 
 help:
-	@echo "make demo     build what is missing, show a frozen host timed out while four others finish"
+	@echo "make demo     build what is missing, show a frozen host timed out while four others finish (VERBOSE=1: all output)"
 	@echo "make test     the whole suite (lint, unit, context check, image, integration)"
 	@echo "make image    build $(EE_IMAGE) and $(IMAGE):$(VERSION) (BASE_IMAGE=, CA_BUNDLE=, CONTAINER_ENGINE=)"
 	@echo "make context  regenerate context/ from execution-environment.yml; check-context verifies it"
@@ -101,8 +101,15 @@ target: base
 
 # ---- the two set-up commands -------------------------------------------------------------
 
-demo: image target
-	scripts/demo
+# Quiet: one line per step, each step's output in .cache/demo-logs/<step>.log, its tail printed when
+# it fails; VERBOSE=1 shows everything. `make base`, `make image` and `make target` stay verbose.
+DEMO_LOGS := .cache/demo-logs
+demo:
+	@scripts/steps --log-dir $(DEMO_LOGS) --engine $(CONTAINER_ENGINE) \
+	  --step base "base image $(BASE_IMAGE)" $(BASE_IMAGE) "$(MAKE) --no-print-directory base" \
+	  --step image "image $(EE_IMAGE)" $(EE_IMAGE) "$(MAKE) --no-print-directory image" \
+	  --step target "target $(TARGET_IMAGE)" $(TARGET_IMAGE) "$(MAKE) --no-print-directory target" \
+	  --show demo "demo" scripts/demo
 
 # Order: what fails fastest first. ansible-core's unit tests (CPU) run while the images build
 # (network, disk). The rest runs one step at a time: the referee's timing-sensitive targets
@@ -139,14 +146,14 @@ unit: venv
 core-tests: base
 	scripts/core-tests
 
-# scripts/referee has no .py suffix: named, so that ruff checks it too.
+# scripts/referee and scripts/steps have no .py suffix: named, so that ruff checks them too.
 lint: venv
-	$(RUFF) check . scripts/referee
-	$(RUFF) format --check . scripts/referee
+	$(RUFF) check . scripts/referee scripts/steps
+	$(RUFF) format --check . scripts/referee scripts/steps
 
 format: venv
-	$(RUFF) format . scripts/referee
-	$(RUFF) check --fix . scripts/referee
+	$(RUFF) format . scripts/referee scripts/steps
+	$(RUFF) check --fix . scripts/referee scripts/steps
 
 # ansible-core's own integration targets (tests/referee, docs/referee.md) on the stock and the
 # patched image, compared: fails naming each target that passes on stock and fails or hangs
