@@ -42,7 +42,7 @@ BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMA
 
 help:
 	@echo "make wheel    dist/: ansible-core $(CORE_VERSION)+$(CORE_LOCAL), patched, for pip install in any venv"
-	@echo "make demo     build what is missing, show a frozen host timed out while four others finish"
+	@echo "make demo     build what is missing, show a frozen host timed out while four others finish (VERBOSE=1: all output)"
 	@echo "make test     the whole suite (lint, unit, context check, image, integration)"
 	@echo "make image    build $(EE_IMAGE) and $(IMAGE):$(VERSION) (BASE_IMAGE=, CA_BUNDLE=, CONTAINER_ENGINE=)"
 	@echo "make context  regenerate context/ from execution-environment.yml; check-context verifies it"
@@ -149,8 +149,15 @@ venv-image: base wheelhouse
 
 # ---- the two set-up commands -------------------------------------------------------------
 
-demo: image target
-	scripts/demo
+# Quiet: one line per step, each step's output in .cache/demo-logs/<step>.log, its tail printed when
+# it fails; VERBOSE=1 shows everything. `make base`, `make image` and `make target` stay verbose.
+DEMO_LOGS := .cache/demo-logs
+demo:
+	@scripts/steps --log-dir $(DEMO_LOGS) --engine $(CONTAINER_ENGINE) \
+	  --step base "base image $(BASE_IMAGE)" $(BASE_IMAGE) "$(MAKE) --no-print-directory base" \
+	  --step image "image $(EE_IMAGE)" $(EE_IMAGE) "$(MAKE) --no-print-directory image" \
+	  --step target "target $(TARGET_IMAGE)" $(TARGET_IMAGE) "$(MAKE) --no-print-directory target" \
+	  --show demo "demo" scripts/demo
 
 # Order: what fails fastest first. ansible-core's unit tests (CPU) run while the images build
 # (network, disk). The rest runs one step at a time: the referee's timing-sensitive targets
@@ -189,14 +196,14 @@ unit: venv host-deps
 core-tests: base
 	scripts/core-tests
 
-# scripts/referee and build-wheel have no .py suffix: named, so that ruff checks them too.
+# scripts/referee, steps and build-wheel have no .py suffix: named, so that ruff checks them too.
 lint: venv
-	$(RUFF) check . scripts/referee scripts/build-wheel
-	$(RUFF) format --check . scripts/referee scripts/build-wheel
+	$(RUFF) check . scripts/referee scripts/steps scripts/build-wheel
+	$(RUFF) format --check . scripts/referee scripts/steps scripts/build-wheel
 
 format: venv
-	$(RUFF) format . scripts/referee scripts/build-wheel
-	$(RUFF) check --fix . scripts/referee scripts/build-wheel
+	$(RUFF) format . scripts/referee scripts/steps scripts/build-wheel
+	$(RUFF) check --fix . scripts/referee scripts/steps scripts/build-wheel
 
 # ansible-core's own integration targets (tests/referee, docs/referee.md) on the stock and the
 # patched image, compared: fails naming each target that passes on stock and fails or hangs
