@@ -51,10 +51,11 @@ help:
 
 # ---- what a fresh machine needs --------------------------------------------------------
 
-# mmdebstrap bootstraps the local base image; patch applies patches/ (make wheel). Both from
-# Debian's packages.
+# mmdebstrap bootstraps the local base image; patch applies patches/ (make wheel); `make test`
+# adds podman, for the EE run by podman. All from Debian's packages (tool name = package name).
+HOST_PKGS := mmdebstrap patch
 host-deps:
-	@missing=$$(for t in mmdebstrap patch; do command -v $$t >/dev/null || echo $$t; done); \
+	@missing=$$(for t in $(HOST_PKGS); do command -v $$t >/dev/null || echo $$t; done); \
 	[ -z "$$missing" ] || { \
 	  [ "$$(id -u)" = 0 ] || { echo "make: missing:" $$missing": sudo apt-get install" $$missing >&2; exit 1; }; \
 	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }
@@ -164,6 +165,8 @@ demo:
 # (callback_default's free-strategy output order) failed beside the stock reference's runs.
 # The integration tests run on xdist workers, each with its own network, key and targets.
 # (_name: the step alone, its images already built.)
+test: HOST_PKGS += podman
+test: export TT_REQUIRE_PODMAN := 1
 test: venv lint unit
 	$(MAKE) --no-print-directory -j2 --output-sync=target core-tests images
 	$(PYTEST) tests/image -q $(PYTEST_ARGS)
