@@ -36,7 +36,7 @@ export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE VENV_IMAGE CA_BUNDLE
 BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMAGE) \
 	$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK))
 
-.PHONY: wheel wheelhouse venv-image lock help demo test stock-reference host-deps venv base context check-context image image-stock target \
+.PHONY: wheel wheelhouse venv-image lock push help demo test stock-reference host-deps venv base context check-context image image-stock target \
 	unit core-tests lint format bench clean clean-base referee referee-reference images referee-test \
 	_stock-reference _referee-test
 
@@ -52,7 +52,7 @@ help:
 # ---- what a fresh machine needs --------------------------------------------------------
 
 # mmdebstrap bootstraps the local base image; patch applies patches/ (make wheel); `make test`
-# adds podman, for the EE run by podman. All from Debian's packages (tool name = package name).
+# adds podman (the EE run by podman) and docker-registry (a registry on loopback, tests only). All from Debian's packages (tool name = package name).
 HOST_PKGS := mmdebstrap patch
 host-deps:
 	@missing=$$(for t in $(HOST_PKGS); do command -v $$t >/dev/null || echo $$t; done); \
@@ -165,7 +165,7 @@ demo:
 # (callback_default's free-strategy output order) failed beside the stock reference's runs.
 # The integration tests run on xdist workers, each with its own network, key and targets.
 # (_name: the step alone, its images already built.)
-test: HOST_PKGS += podman
+test: HOST_PKGS += podman docker-registry
 test: export TT_REQUIRE_PODMAN := 1
 test: venv lint unit
 	$(MAKE) --no-print-directory -j2 --output-sync=target core-tests images
@@ -223,6 +223,11 @@ _referee-test:
 
 referee-reference: image-stock
 	BUILD_NETWORK=$(BUILD_NETWORK) scripts/referee --stock-only --write-reference $(REFEREE_ARGS)
+
+# Every tag `make image` made, to REGISTRY (host[:port][/path]) as REGISTRY/task-timeout-ee:<tag>.
+REGISTRY ?=
+push:
+	scripts/push --engine $(CONTAINER_ENGINE) --registry "$(REGISTRY)" $(EE_IMAGE) $(IMAGE):$(VERSION)
 
 bench: venv image image-stock target
 	$(PY) -m bench $(BENCH_ARGS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -154,3 +155,22 @@ def lab(
         yield Lab(session_id, session_network, ssh_key, pool, tmp_path_factory.mktemp("runs"))
     finally:
         pool.remove()
+
+
+@pytest.fixture
+def ssh_agent(lab: Lab, tmp_path: Path) -> Iterator[str]:
+    """A private ssh-agent holding the lab key; yields its socket path, kills the agent by pid."""
+    sock = tmp_path / "agent" / "agent.sock"
+    sock.parent.mkdir()
+    out = subprocess.run(
+        ["ssh-agent", "-s", "-a", str(sock)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    pid = int(out.split("SSH_AGENT_PID=", 1)[1].split(";", 1)[0])
+    try:
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(
+            ["ssh-add", str(lab.key.private)], env=env, check=True, capture_output=True, timeout=30
+        )
+        yield str(sock)
+    finally:
+        os.kill(pid, signal.SIGTERM)

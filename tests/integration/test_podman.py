@@ -84,7 +84,9 @@ def podman_image(ee_image: str) -> str:
     if PODMAN is None:
         # `make test` installs podman (host-deps): missing there is a failure, not a skip
         if os.environ.get("TT_REQUIRE_PODMAN") == "1":
-            pytest.fail("podman is not installed, and make test needs it: apt-get install podman", pytrace=False)
+            pytest.fail(
+                "podman is not installed, and make test needs it: apt-get install podman", pytrace=False
+            )
         pytest.skip("podman is not installed (apt-get install podman)")
     if PODMAN_EE_IMAGE:
         if podman("image", "inspect", PODMAN_EE_IMAGE, check=False).returncode != 0:
