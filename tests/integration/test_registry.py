@@ -47,7 +47,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A docker-registry on 127.0.0.1:<free port>; yields `host:port`."""
     exe = shutil.which("docker-registry")
     if exe is None:
-        pytest.fail("docker-registry is not installed (make test installs it: apt-get install docker-registry)")
+        pytest.fail(
+            "docker-registry is not installed (make test installs it): apt-get install docker-registry"
+        )
     root = tmp_path_factory.mktemp("registry")
     addr = f"127.0.0.1:{free_port()}"
     config = root / "config.yml"
@@ -141,8 +143,9 @@ def test_navigator_pulls_it_and_the_frozen_host_times_out(
 
 
 def test_a_push_to_a_registry_that_is_down_is_one_line(ee_image: str) -> None:
+    down = f"127.0.0.1:{free_port()}/ee"
     result = subprocess.run(
-        [str(PUSH), "--registry", f"127.0.0.1:{free_port()}/ee", ee_image], capture_output=True, text=True, timeout=60
+        [str(PUSH), "--registry", down, ee_image], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "no registry answers at http://127.0.0.1:" in result.stderr
