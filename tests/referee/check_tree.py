@@ -77,10 +77,9 @@ def main():
     sdist_pkg = os.path.join(sdist_lib, "ansible")
     record_path = os.path.join(site, "ansible_task_timeout_patches.txt")
     info = {"side": side, "site": site}
-    modules = sorted(n for n in os.listdir(site) if n.startswith("ansible_task_timeout"))
-    info["modules"] = {
-        n: sha256(os.path.join(site, n))[:12] for n in modules if os.path.isfile(os.path.join(site, n))
-    }
+    package = os.path.join(site, "ansible_task_timeout")
+    modules = sorted(files(package)) if os.path.isdir(package) else []
+    info["modules"] = {n: sha256(os.path.join(package, n))[:12] for n in modules}
     if not os.path.isfile(record_path):
         fail(f"{record_path} is missing: not a task-timeout-ee image", info)
     with open(record_path, encoding="utf-8") as f:
@@ -144,8 +143,8 @@ def main():
         finally:
             shutil.rmtree(tmp)
         info["byte_identical_to_sdist_plus_patches"] = True
-    if not any(n.endswith(".py") for n in modules):
-        fail(f"no ansible_task_timeout module next to ansible in {site}", info)
+    if "__init__.py" not in modules:
+        fail(f"no ansible_task_timeout package next to ansible in {site}", info)
     info["ok"] = True
     print("REFEREE_TREE " + json.dumps(info, sort_keys=True), flush=True)
 
