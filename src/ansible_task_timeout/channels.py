@@ -38,6 +38,7 @@ import signal
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -113,9 +114,9 @@ class ResultChannels:
     """Per-worker result pipes, multiplexed by the controller's results thread (see module docstring).
 
     Controller side: :meth:`open_channel` before the fork, :meth:`worker_started` after it,
-    :meth:`get` in the results thread, :meth:`put_local` for the controller's own items (the
-    strategy's sentinel), :meth:`close`. Worker side: :meth:`bind_writer` first thing after the
-    fork, then :meth:`send`.
+    :meth:`get` in the results thread, :meth:`put` for the controller's own items (the strategy's
+    sentinel), :meth:`close`. Worker side: :meth:`bind_writer` first thing after the fork, then
+    :meth:`put`.
     """
 
     def __init__(self, is_task_result: Callable[[object], bool]) -> None:
@@ -134,6 +135,7 @@ class ResultChannels:
         self._writer_lock = threading.Lock()
         self._closed = False
         self._next_supervise = 0.0
+        self._supervised: weakref.WeakSet[object] = weakref.WeakSet()
 
     # ----------------------------------------------------------------- controller side
 
@@ -174,8 +176,20 @@ class ResultChannels:
             channel.worker = _Worker(
                 worker_id, pid, host_name, task_uuid, seconds or 0, deadline, process, started=now
             )
+            self._supervised.add(process)
         guard.register_worker(pid)
         self._wake()
+
+    def supervises(self, process: object) -> bool:
+        """Whether `process` is a worker whose death these channels report (as a :class:`WorkerLost`)."""
+        return process in self._supervised
+
+    def put(self, obj: object) -> None:
+        """Send `obj` to the controller: a frame on our own pipe in a worker, else :meth:`put_local`."""
+        if self.is_worker():
+            self.send(obj)
+        else:
+            self.put_local(obj)
 
     def put_local(self, obj: object) -> None:
         """Queue an item from the controller itself (never blocks)."""

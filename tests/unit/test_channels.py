@@ -194,3 +194,16 @@ def test_a_reader_in_get_closes_the_wake_pipe_when_the_channels_close() -> None:
     chans.close()
     thread.join(5)
     assert errors and _open_fds() <= before
+
+
+def test_the_channels_say_which_workers_they_supervise() -> None:
+    """What has_dead_workers asks: a worker whose death the channels report is not 'dead state'."""
+    chans = channels.ResultChannels(is_task_result=lambda obj: isinstance(obj, Result))
+    proc = fork_worker(chans, lambda: chans.put(Result(b"from the worker")))
+    other = Proc(os.getpid())
+    assert chans.supervises(proc) and not chans.supervises(other)
+    items = collect(chans, 1, 20)
+    assert [item.payload for item in items] == [b"from the worker"]  # type: ignore[attr-defined]
+    chans.put("from the controller")
+    assert chans.get(timeout=1) == "from the controller"
+    chans.close()
