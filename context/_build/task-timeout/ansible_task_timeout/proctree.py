@@ -221,8 +221,8 @@ def kill_tree(
     shortened. A descendant that `spare` accepts (asked once per pid) is left alone with its own
     descendants: an ssh master that other tasks' sessions go through, with its ProxyCommand.
 
-    A root to be ended too is frozen first (SIGSTOP), so it can neither fork nor exit while its tree
-    is ended: as it would, orphaning the rest out of its tree. It is SIGKILLed last, and not waited
+    A root that is to die too is frozen first (SIGSTOP): stopped, it can neither fork nor exit, and
+    its exit would orphan the rest of its tree out of reach. It is SIGKILLed last, and not waited
     for: its parent reaps it. Returns the pids that were signalled.
     """
     root_pid = os.getpid() if root is None else root
