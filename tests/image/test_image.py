@@ -98,6 +98,13 @@ def test_pip_knows_the_patched_core(host: Any, image_config: dict[str, Any]) -> 
     assert image_config["Config"]["Labels"]["io.github.task-timeout-ee.ansible-core"] == PATCHED_CORE
 
 
+def test_the_version_command_names_the_core_and_the_patch_set(host: Any) -> None:
+    out = host.check_output("python3 -m ansible_task_timeout --version")
+    series = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "patches").glob("*.patch"))))
+    assert out.splitlines()[0].startswith(f"ansible-core {PATCHED_CORE} ")
+    assert f"sha256 {series.hexdigest()}" in out, f"{out}\n(patches/ as checked out: {series.hexdigest()})"
+
+
 def test_every_installed_file_matches_its_record(host: Any) -> None:
     report = json.loads(host.check_output("python3 -c %s", RECORD_SCRIPT))
     assert not report["bad"], f"files that differ from their RECORD: {report['bad'][:20]}"
@@ -129,7 +136,7 @@ def test_patch_record_lists_every_patch(host: Any) -> None:
     site = host.check_output(
         "python3 -c %s", "import ansible, os; print(os.path.dirname(os.path.dirname(ansible.__file__)))"
     )
-    record = host.file(f"{site}/ansible_task_timeout_patches.txt")
+    record = host.file(f"{site}/ansible_task_timeout/patches.txt")
     assert record.exists
     patches = sorted((ROOT / "patches").glob("*.patch"))
     assert patches, "patches/ is empty"
@@ -137,7 +144,9 @@ def test_patch_record_lists_every_patch(host: Any) -> None:
     for patch in patches:
         digest = hashlib.sha256(patch.read_bytes()).hexdigest()
         assert patch.name in text and digest in text, f"{patch.name} (sha256 {digest}) not in the record"
-    assert host.run("python3 -c 'import ansible_task_timeout'").rc == 0
+    # the package the patches call, every module of it (the guardian is started as `python -m`)
+    modules = "alarm, bounds, channels, guard, guardian, limit, proctree, sshmux, worker"
+    assert host.run(f"python3 -c 'from ansible_task_timeout import {modules}'").rc == 0
 
 
 def test_tools_an_ee_needs(host: Any) -> None:

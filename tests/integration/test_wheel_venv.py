@@ -8,6 +8,7 @@ frozen-host scenario, and pip must know exactly what it installed there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tomllib
@@ -67,6 +68,14 @@ def test_a_requirement_on_the_released_core_keeps_the_wheel(venv_image: str) -> 
     assert f"Requirement already satisfied: ansible-core=={CORE}" in result.stdout
     assert f"Version: {PATCHED}" in result.stdout
     assert f"ansible [core {CORE}]" in result.stdout  # ansible.release.__version__ stays upstream's
+
+
+def test_the_version_command_names_the_core_and_the_patch_set(venv_image: str) -> None:
+    result = venv_run(venv_image, "python -m ansible_task_timeout --version")
+    assert result.returncode == 0, result.stderr
+    series = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "patches").glob("*.patch"))))
+    assert result.stdout.startswith(f"ansible-core {PATCHED} ")
+    assert f"sha256 {series.hexdigest()}" in result.stdout
 
 
 def test_the_frozen_host_fails_alone_as_in_the_ee(lab: Lab, venv_image: str) -> None:

@@ -31,9 +31,10 @@ if not hasattr(errors, "AnsibleTaskTimeoutError"):
     pytest.skip(
         "this ansible-core is not the patched one: scripts/core-tests runs these", allow_module_level=True
     )
-controller = pytest.importorskip("ansible_task_timeout_controller")
+bounds = pytest.importorskip("ansible_task_timeout.bounds")
+guard = pytest.importorskip("ansible_task_timeout.guard")
 
-RUN_ID_ENV = controller.RUN_ID_ENV
+RUN_ID_ENV = guard.RUN_ID_ENV
 HOSTS = ("h1", "h2", "h3", "h4")
 OUTPUT_SIZE = 200 * 1024
 
@@ -264,7 +265,7 @@ def test_watchdog_ends_a_worker_the_alarm_cannot_reach(tmp_path: Path, mode: str
     assert after == set(HOSTS)  # the timed-out host went on (ignore_errors), nobody was lost
     assert "dead state" not in out
     # start-up and the second task take a few seconds; the point is: bounded, not 600 s
-    assert elapsed < limit + controller.ansible_task_timeout.RESULT_BOUND + 30, elapsed
+    assert elapsed < limit + bounds.RESULT_BOUND + 30, elapsed
     assert wait_for(lambda: not run_processes(), 10, "the run's processes to be gone")
 
 
@@ -515,9 +516,7 @@ def test_normal_end_spares_intended_background_but_ends_workers(tmp_path: Path) 
         assert proc.returncode == 0, out
         assert len(sleeps("321")) == 1  # a deliberate local background process is not ours to end
         guardians = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if "guardian_main" in " ".join(p.info["cmdline"] or [])
+            p for p in psutil.process_iter(["cmdline"]) if guard.GUARDIAN_MODULE in (p.info["cmdline"] or [])
         ]
         assert wait_for(
             lambda: not [g for g in guardians if g.is_running() and g.status() != psutil.STATUS_ZOMBIE],
@@ -578,7 +577,7 @@ def test_controller_death_ends_daemonised_ssh_masters(tmp_path: Path, how: str) 
         for master in masters(tmp_path):
             assert RUN_ID_ENV not in master.environ()  # only the controller's tree tells it is the run's
             assert master.ppid() == proc.pid  # adopted by the controller (subreaper)
-        time.sleep(3 * controller.GUARD_POLL)  # listed by the guardian
+        time.sleep(3 * bounds.GUARD_POLL)  # listed by the guardian
         _kill(how, proc)
         proc.communicate(timeout=30)
         start = time.monotonic()

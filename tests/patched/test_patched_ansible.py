@@ -312,12 +312,12 @@ def test_a_lost_worker_with_no_queued_task_is_reported(monkeypatch: pytest.Monke
     from ansible.plugins.strategy import StrategyBase
     from ansible.utils.display import Display
 
-    import ansible_task_timeout_controller as ctl
+    from ansible_task_timeout.channels import WorkerLost
 
     warnings: list[str] = []
     monkeypatch.setattr(Display(), "warning", lambda msg, *a, **k: warnings.append(msg))
     strategy = StrategyBase.__new__(StrategyBase)
     strategy._queued_task_cache = {}
-    lost = ctl.WorkerLost(0, 4242, "web1", "uuid-1", 0, False, "The worker process of host web1 died.")
+    lost = WorkerLost(0, 4242, "web1", "uuid-1", 0, False, "The worker process of host web1 died.")
     strategy._record_lost_worker(lost)
     assert len(warnings) == 1 and "web1" in warnings[0] and "cannot be recorded" in warnings[0]

@@ -8,11 +8,11 @@ targets then run the image's code. This proves what that code is, before any tar
 - stock: pip's record says ansible-core as released (no local version label), nothing of ours
   sits beside it, and its ansible package is byte-identical to the sdist's lib/ansible
   (__pycache__ aside);
-- patched: the record lists patches; the files that differ from the sdist are exactly the files
-  those patches touch (read from PATCH_DIR, the repository's patches/). When every recorded
-  sha256 matches PATCH_DIR, the sdist with those patches applied must equal the image's package
-  byte for byte; when they do not (patches/ edited since the image was built) that step is
-  skipped with a note and the file-set check alone holds.
+- patched: the record (ansible_task_timeout/patches.txt) lists patches; the files that differ from
+  the sdist are exactly the files those patches touch (read from PATCH_DIR, the repository's
+  patches/). When every recorded sha256 matches PATCH_DIR, the sdist with those patches applied
+  must equal the image's package byte for byte; when they do not (patches/ edited since the image
+  was built) that step is skipped with a note and the file-set check alone holds.
 
 Prints one line `REFEREE_TREE {json}`; exits 3 (and says why on stderr) when a claim fails.
 """
@@ -77,12 +77,11 @@ def main():
     side, site, sdist_lib, patch_dir = sys.argv[1:5]
     image_pkg = os.path.join(site, "ansible")
     sdist_pkg = os.path.join(sdist_lib, "ansible")
-    record_path = os.path.join(site, "ansible_task_timeout_patches.txt")
+    record_path = os.path.join(site, "ansible_task_timeout", "patches.txt")
     info = {"side": side, "site": site}
-    modules = sorted(n for n in os.listdir(site) if n.startswith("ansible_task_timeout"))
-    info["modules"] = {
-        n: sha256(os.path.join(site, n))[:12] for n in modules if os.path.isfile(os.path.join(site, n))
-    }
+    package = os.path.join(site, "ansible_task_timeout")
+    modules = sorted(files(package)) if os.path.isdir(package) else []
+    info["modules"] = {n: sha256(os.path.join(package, n))[:12] for n in modules}
     (dist,) = importlib.metadata.distributions(name="ansible-core", path=[site])
     info["version"] = dist.version
     diff = differing(sdist_pkg, image_pkg)
@@ -148,8 +147,8 @@ def main():
         finally:
             shutil.rmtree(tmp)
         info["byte_identical_to_sdist_plus_patches"] = True
-    if not any(n.endswith(".py") for n in modules):
-        fail(f"no ansible_task_timeout module next to ansible in {site}", info)
+    if "__init__.py" not in modules:
+        fail(f"no ansible_task_timeout package next to ansible in {site}", info)
     info["ok"] = True
     print("REFEREE_TREE " + json.dumps(info, sort_keys=True), flush=True)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/referee's probe, run by ansible-test like any target: prints REFEREE_PROBE lines saying
-# which ansible package and which ansible_task_timeout module the targets import, the deadline
+# which ansible package and which ansible_task_timeout package the targets import, the deadline
 # default in force, and what a task with task_timeout: 2 around a 10 s sleep did (patched: failed
 # after about 2 s with task_timeout: true; stock: the keyword is rejected).
 set -eux
