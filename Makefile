@@ -132,7 +132,8 @@ image: base check-context
 image-stock: base check-context
 	rm -rf .cache/stock-context && mkdir -p .cache && cp -r context .cache/stock-context
 	echo "# stock: ansible-core's own defaults" > .cache/stock-context/_build/ansible-config/ansible.cfg
-	$(BUILD_IMAGE) --context .cache/stock-context --tag $(STOCK_IMAGE) --build-arg ANSIBLE_CORE_VERSION=$(CORE_VERSION)
+	$(BUILD_IMAGE) --context .cache/stock-context --tag $(STOCK_IMAGE) \
+	  --build-arg ANSIBLE_CORE_VERSION=$(CORE_VERSION) --build-arg TT_PATCH_SET=
 
 # The managed-host target of the tests and the demo (the top-level Containerfile).
 target: base

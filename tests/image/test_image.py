@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from harness.distcheck import RECORD_SCRIPT
+from harness.labels import oci_label_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,6 +186,11 @@ def test_metadata(image_config: dict[str, Any]) -> None:
     assert config["WorkingDir"] == "/runner"
     assert config["User"] == "1000"
     assert config["Entrypoint"] == ["/opt/builder/bin/entrypoint", "tini", "--"]
+
+
+def test_oci_labels(image_config: dict[str, Any]) -> None:
+    problems = oci_label_problems(image_config["Config"]["Labels"])
+    assert not problems, problems
 
 
 def test_no_build_settings_in_the_environment(image_config: dict[str, Any]) -> None:

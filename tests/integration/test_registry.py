@@ -8,6 +8,7 @@ scripts/push; this drives the script directly.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.labels import oci_label_problems
 from harness.navigator import run_frozen_host_play
 from harness.scenarios import Lab
 
@@ -110,6 +112,8 @@ def test_docker_pulls_the_pushed_image_by_tag_and_by_digest(pushed: dict[str, st
         assert docker("image", "inspect", "-f", "{{.Id}}", ref).stdout.strip() == want
         docker("pull", digest)
         assert docker("image", "inspect", "-f", "{{.Id}}", digest).stdout.strip() == want
+        labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", digest).stdout)
+        assert not oci_label_problems(labels), oci_label_problems(labels)
         docker("image", "rm", digest, check=False)
 
 
