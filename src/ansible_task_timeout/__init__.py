@@ -18,4 +18,7 @@ concern a module, each importing only those above it:
 try:
     import psutil  # noqa: F401  (checked once here: the modules that list or kill processes need it)
 except ImportError:
-    raise ImportError("ansible_task_timeout: psutil is not installed (pip install psutil)") from None
+    # SystemExit, not ImportError: the patched core imports this while ansible's CLI starts, before
+    # it handles errors, so an ImportError would end every command in a traceback. This way the
+    # message is the one line printed, and the exit status is 1.
+    raise SystemExit("ansible_task_timeout: psutil is not installed (pip install psutil)") from None
