@@ -22,7 +22,8 @@ def test_without_psutil_the_import_fails_with_one_clear_line(module: str) -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert out.stderr == "ansible_task_timeout: psutil is not installed (pip install psutil)\n"  # no traceback
+    # one line, no traceback
+    assert out.stderr == "ansible_task_timeout: psutil is not installed (pip install psutil)\n"
 
 
 def test_the_package_imports_no_module_of_its_own() -> None:
