@@ -201,7 +201,7 @@ core-tests: base
 	scripts/core-tests
 
 # scripts/referee, steps and build-wheel have no .py suffix: named, so that ruff checks them too.
-lint: venv
+lint: venv check-context
 	$(RUFF) check . scripts/referee scripts/steps scripts/build-wheel
 	$(RUFF) format --check . scripts/referee scripts/steps scripts/build-wheel
 

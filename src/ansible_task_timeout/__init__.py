@@ -15,10 +15,23 @@ concern a module, each importing only those above it:
 - ``channels``: per-worker result channels and the watchdog, in the controller.
 """
 
+import sys
+
 try:
     import psutil  # noqa: F401  (checked once here: the modules that list or kill processes need it)
 except ImportError:
-    # SystemExit, not ImportError: the patched core imports this while ansible's CLI starts, before
-    # it handles errors, so an ImportError would end every command in a traceback. This way the
-    # message is the one line printed, and the exit status is 1.
-    raise SystemExit("ansible_task_timeout: psutil is not installed (pip install psutil)") from None
+
+    class PsutilMissing(ImportError):
+        """psutil is not installed: the patched core cannot run a task under a deadline."""
+
+    def _one_line(kind, exc, tb, _default=sys.excepthook):  # type: ignore[no-untyped-def]
+        # The patched core imports this package while ansible's CLI starts, before ansible handles
+        # errors: left uncaught, the error ends the command as its message alone, not a traceback.
+        # A program that catches ImportError still can.
+        if issubclass(kind, PsutilMissing):
+            print(exc, file=sys.stderr)
+        else:
+            _default(kind, exc, tb)
+
+    sys.excepthook = _one_line
+    raise PsutilMissing("ansible_task_timeout: psutil is not installed (pip install psutil)") from None

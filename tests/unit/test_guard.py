@@ -153,7 +153,7 @@ def test_a_guardian_that_cannot_import_the_package_is_reported_in_one_line(
     for _ in range(3):
         guard.register_worker(os.getpid())  # the lost guardian is not reported again
     assert warnings == [
-        "task_timeout: the run guard's guardian process could not start (ImportError: ansible_task_timeout: "
+        "task_timeout: the run guard's guardian process could not start (ansible_task_timeout: "
         "psutil is not installed (pip install psutil)); if this controller is killed, processes of the run "
         "may outlive it."
     ]

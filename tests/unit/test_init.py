@@ -26,6 +26,23 @@ def test_without_psutil_the_import_fails_with_one_clear_line(module: str) -> Non
     assert out.stderr == "ansible_task_timeout: psutil is not installed (pip install psutil)\n"
 
 
+def test_without_psutil_a_program_can_still_catch_the_import_error() -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["psutil"] = None
+        sys.path.insert(0, {SRC!r})
+        try:
+            import ansible_task_timeout
+        except ImportError as exc:
+            print("caught:", exc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "caught: ansible_task_timeout: psutil is not installed (pip install psutil)\n"
+
+
 def test_the_package_imports_no_module_of_its_own() -> None:
     """`python -m ansible_task_timeout.guardian` must find its module not yet imported (runpy warns)."""
     code = f"import sys; sys.path.insert(0, {SRC!r}); import ansible_task_timeout; print(sorted(sys.modules))"
