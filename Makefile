@@ -51,9 +51,10 @@ help:
 
 # ---- what a fresh machine needs --------------------------------------------------------
 
-# mmdebstrap bootstraps the local base image; patch applies patches/ (make wheel); `make test`
-# adds podman (the EE run by podman) and docker-registry (a registry on loopback, tests only). All from Debian's packages (tool name = package name).
-HOST_PKGS := mmdebstrap patch
+# What the host needs, from Debian's packages (tool name = package name): patch applies patches/
+# (make wheel, make unit); `make base` adds mmdebstrap, which bootstraps the local base image;
+# `make test` adds podman (the EE run by podman) and docker-registry (a registry on loopback).
+HOST_PKGS := patch
 host-deps:
 	@missing=$$(for t in $(HOST_PKGS); do command -v $$t >/dev/null || echo $$t; done); \
 	[ -z "$$missing" ] || { \
@@ -71,8 +72,8 @@ $(VENV)/.installed: requirements-test.txt
 # The patched ansible-core as a wheel that pip installs anywhere (Python >= 3.12); the image's
 # builder stage runs the same script. Reproducible: same inputs, same bytes.
 wheel: $(WHEEL)
-$(WHEEL): venv host-deps requirements.lock pyproject.toml scripts/build-wheel scripts/apply-patches \
-		$(wildcard patches/*.patch) $(shell find src -name '*.py' -not -path '*/__pycache__/*')
+$(WHEEL): $(VENV)/.installed requirements.lock pyproject.toml scripts/build-wheel scripts/apply-patches \
+		$(wildcard patches/*.patch) $(shell find src -name '*.py' -not -path '*/__pycache__/*') | host-deps
 	$(PY) scripts/build-wheel --dest dist
 
 # requirements.lock from requirements.in: exact pins with the hashes of every file of each, for
@@ -88,7 +89,7 @@ lock: venv
 # released ansible-core and the build tool: nothing there but what such a venv installs.
 WHEELHOUSE := .cache/wheelhouse
 wheelhouse: $(WHEEL)
-	mkdir -p $(WHEELHOUSE)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
 	$(PY) -m pip download --quiet --require-hashes --no-deps --only-binary=:all: --dest $(WHEELHOUSE) \
 	  --python-version 3.13 --implementation cp --abi cp313 --abi abi3 --abi none \
 	  $(foreach p,manylinux_2_34 manylinux_2_28 manylinux_2_17 manylinux2014 manylinux_2_12 manylinux2010 any,\
@@ -99,6 +100,7 @@ wheelhouse: $(WHEEL)
 
 # ---- images ------------------------------------------------------------------------------
 
+base: HOST_PKGS += mmdebstrap
 base: host-deps
 ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
 	scripts/make-base $(LOCAL_BASE) $(CONTAINER_ENGINE)
@@ -166,7 +168,7 @@ demo:
 # (callback_default's free-strategy output order) failed beside the stock reference's runs.
 # The integration tests run on xdist workers, each with its own network, key and targets.
 # (_name: the step alone, its images already built.)
-test: HOST_PKGS += podman docker-registry
+test: HOST_PKGS += mmdebstrap podman docker-registry
 test: export TT_REQUIRE_PODMAN := 1
 test: venv lint unit
 	$(MAKE) --no-print-directory -j2 --output-sync=target core-tests images

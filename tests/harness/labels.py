@@ -10,21 +10,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 _cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]
-PATCHED_CORE = f"{_cfg['core']}+{_cfg['local-version']}"
+CORE = _cfg["core"]
+PATCHED_CORE = f"{CORE}+{_cfg['local-version']}"
+
+
+def patch_series_digest() -> str:
+    """The sha256 of patches/*.patch concatenated in order: `cat patches/*.patch | sha256sum`."""
+    return hashlib.sha256(
+        b"".join(p.read_bytes() for p in sorted((ROOT / "patches").glob("*.patch")))
+    ).hexdigest()
 
 
 def oci_label_problems(labels: dict[str, str]) -> list[str]:
     """What is wrong with the labels registries and AWX show (empty: nothing)."""
     oci = "org.opencontainers.image."
     version = re.search(r"^VERSION\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)[1]
-    series = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "patches").glob("*.patch"))))
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     want = {
         f"{oci}title": "task-timeout-ee",
         f"{oci}version": version,
         f"{oci}licenses": "GPL-3.0-or-later",
         "io.github.task-timeout-ee.ansible-core": PATCHED_CORE,
-        "io.github.task-timeout-ee.patch-set": series.hexdigest(),
+        "io.github.task-timeout-ee.patch-set": patch_series_digest(),
     }
     problems = [f"{k} is {labels.get(k)!r}, not {v!r}" for k, v in want.items() if labels.get(k) != v]
     if not labels.get(f"{oci}description"):

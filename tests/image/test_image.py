@@ -10,13 +10,12 @@ import re
 import subprocess
 import tarfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness.distcheck import RECORD_SCRIPT
-from harness.labels import oci_label_problems
+from harness.labels import CORE, PATCHED_CORE, oci_label_problems, patch_series_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,8 +31,6 @@ def processes(host: Any) -> list[dict[str, Any]]:
 
 
 LOCK = (ROOT / "requirements.lock").read_text()
-WHEEL_CFG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]
-PATCHED_CORE = f"{WHEEL_CFG['core']}+{WHEEL_CFG['local-version']}"
 
 
 def pinned(name: str) -> str:
@@ -101,9 +98,9 @@ def test_pip_knows_the_patched_core(host: Any, image_config: dict[str, Any]) -> 
 
 def test_the_version_command_names_the_core_and_the_patch_set(host: Any) -> None:
     out = host.check_output("python3 -m ansible_task_timeout --version")
-    series = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "patches").glob("*.patch"))))
+    series = patch_series_digest()
     assert out.splitlines()[0].startswith(f"ansible-core {PATCHED_CORE} ")
-    assert f"sha256 {series.hexdigest()}" in out, f"{out}\n(patches/ as checked out: {series.hexdigest()})"
+    assert f"sha256 {series}" in out, f"{out}\n(patches/ as checked out: {series})"
 
 
 def test_every_installed_file_matches_its_record(host: Any) -> None:
@@ -123,11 +120,11 @@ def test_a_requirement_on_the_released_core_keeps_the_patched_one(container: Any
     root = container("--user", "0")
     result = root.run(
         "PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-index 'ansible-core==%s' 'ansible-core~=%s'",
-        WHEEL_CFG["core"],
-        WHEEL_CFG["core"],
+        CORE,
+        CORE,
     )
     assert result.rc == 0, result.stdout + result.stderr
-    assert f"Requirement already satisfied: ansible-core=={WHEEL_CFG['core']}" in result.stdout
+    assert f"Requirement already satisfied: ansible-core=={CORE}" in result.stdout
     assert f"({PATCHED_CORE})" in result.stdout
     assert PATCHED_CORE in root.check_output("python3 -m pip show ansible-core")
 

@@ -8,23 +8,21 @@ frozen-host scenario, and pip must know exactly what it installed there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 from harness import hang
 from harness.distcheck import RECORD_SCRIPT
+from harness.labels import CORE, patch_series_digest
+from harness.labels import PATCHED_CORE as PATCHED
 from harness.scenarios import HUNG, Lab, Scenario, run_scenario
 from harness.verdict import guarantee_problems
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]
-CORE, PATCHED = _cfg["core"], f"{_cfg['core']}+{_cfg['local-version']}"
 LIMIT_S = 12
 
 
@@ -73,9 +71,8 @@ def test_a_requirement_on_the_released_core_keeps_the_wheel(venv_image: str) -> 
 def test_the_version_command_names_the_core_and_the_patch_set(venv_image: str) -> None:
     result = venv_run(venv_image, "python -m ansible_task_timeout --version")
     assert result.returncode == 0, result.stderr
-    series = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "patches").glob("*.patch"))))
     assert result.stdout.startswith(f"ansible-core {PATCHED} ")
-    assert f"sha256 {series.hexdigest()}" in result.stdout
+    assert f"sha256 {patch_series_digest()}" in result.stdout
 
 
 def test_the_frozen_host_fails_alone_as_in_the_ee(lab: Lab, venv_image: str) -> None:

@@ -1,7 +1,8 @@
 """scripts/apply-patches applies the series exactly, or fails naming the patch.
 
-A hunk that lands only with fuzz, or at an offset from the line it names, means the function it
-hooks changed upstream; the build must stop there rather than patch "close enough".
+A hunk whose context changed (plain `patch` would apply it with fuzz), or that lands at an offset
+from the line it names, means the function it hooks changed upstream; the build must stop there
+rather than patch "close enough".
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def test_the_series_applies_to_the_released_core(tree: Path) -> None:
     assert not list(tree.rglob("*.orig")) and not list(tree.rglob("*.rej"))
 
 
-def test_a_hunk_that_needs_fuzz_fails_naming_its_patch(tree: Path) -> None:
+def test_a_hunk_whose_context_changed_fails_naming_its_patch(tree: Path) -> None:
     name, path, context = first_unique_context(tree)
     lines = path.read_text().splitlines(keepends=True)
     index = next(i for i, line in enumerate(lines) if line.rstrip("\n") == context)
