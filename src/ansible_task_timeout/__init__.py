@@ -13,6 +13,9 @@ concern a module, each importing only those above it:
 - ``guard``: the run guard (nothing of a run outlives its controller) and its sweep;
 - ``guardian``: the guardian process the run guard starts (``python -m``);
 - ``channels``: per-worker result channels and the watchdog, in the controller.
+
+The short names that docstrings cite for the problems they fix (W1-W3, W8, W9, W10, lab H) are
+defined in docs/design.md, "Names used in code comments".
 """
 
 import sys
