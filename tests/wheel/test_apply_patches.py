@@ -10,16 +10,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from harness.labels import CORE
 
 REPO = Path(__file__).resolve().parents[2]
 APPLY = REPO / "scripts" / "apply-patches"
 PATCHES = sorted((REPO / "patches").glob("*.patch"))
-CORE = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]["core"]
 
 
 @pytest.fixture(scope="module")

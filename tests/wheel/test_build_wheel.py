@@ -15,19 +15,18 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from harness.labels import CORE, PATCHED_CORE
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = [sys.executable, str(REPO / "scripts" / "build-wheel")]
-_cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]
-CORE, LOCAL = _cfg["core"], _cfg["local-version"]
-NAME = f"ansible_core-{CORE}+{LOCAL}-py3-none-any.whl"
+NAME = f"ansible_core-{PATCHED_CORE}-py3-none-any.whl"
+DIST_INFO = f"ansible_core-{PATCHED_CORE}.dist-info"
 
 
 def build(dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -48,18 +47,18 @@ def read(whl: Path, member: str) -> str:
 
 
 def test_the_version_is_a_local_version_of_the_released_core(wheel: Path) -> None:
-    metadata = read(wheel, f"ansible_core-{CORE}+{LOCAL}.dist-info/METADATA")
-    assert f"\nVersion: {CORE}+{LOCAL}\n" in metadata
+    metadata = read(wheel, f"{DIST_INFO}/METADATA")
+    assert f"\nVersion: {PATCHED_CORE}\n" in metadata
     # what collections' requires_ansible and ansible_version compare stays the released one
     assert f"__version__ = '{CORE}'" in read(wheel, "ansible/release.py")
-    version = Version(f"{CORE}+{LOCAL}")
+    version = Version(PATCHED_CORE)
     major, minor, _ = CORE.split(".")
     for spec in (f"=={CORE}", f"~={CORE}", f">={major}.{int(minor) - 1}", f"<{major}.{int(minor) + 1}"):
         assert SpecifierSet(spec).contains(version), spec
 
 
 def test_psutil_is_a_declared_dependency_beside_upstreams(wheel: Path) -> None:
-    metadata = read(wheel, f"ansible_core-{CORE}+{LOCAL}.dist-info/METADATA")
+    metadata = read(wheel, f"{DIST_INFO}/METADATA")
     head = metadata.split("\n\n", 1)[0]
     requires = [
         line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Requires-Dist:")
@@ -69,7 +68,7 @@ def test_psutil_is_a_declared_dependency_beside_upstreams(wheel: Path) -> None:
 
 
 def test_record_lists_every_file_with_its_hash(wheel: Path) -> None:
-    record_name = f"ansible_core-{CORE}+{LOCAL}.dist-info/RECORD"
+    record_name = f"{DIST_INFO}/RECORD"
     with zipfile.ZipFile(wheel) as zf:
         rows = list(csv.reader(io.StringIO(zf.read(record_name).decode())))
         listed = {row[0]: row for row in rows}
@@ -88,7 +87,7 @@ def test_the_patches_and_the_package_are_in_it(wheel: Path) -> None:
         names = set(zf.namelist())
     assert any(n.startswith("ansible_task_timeout") for n in names)
     assert "task_timeout" in read(wheel, "ansible/executor/task_executor.py")
-    top = read(wheel, f"ansible_core-{CORE}+{LOCAL}.dist-info/top_level.txt").split()
+    top = read(wheel, f"{DIST_INFO}/top_level.txt").split()
     assert {"ansible", "ansible_test"} <= set(top)
     assert any(t.startswith("ansible_task_timeout") for t in top)
 
@@ -105,7 +104,7 @@ def test_install_requirements_pin_this_wheel_by_its_hash(wheel: Path, tmp_path: 
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    assert f"ansible-core=={CORE}+{LOCAL} --hash=sha256:{digest}" in lines
+    assert f"ansible-core=={PATCHED_CORE} --hash=sha256:{digest}" in lines
     assert not any(line.startswith("wheel==") for line in lines), "a build-only tool would be installed"
     assert all("--hash=sha256:" in line for line in lines)
     assert any(line.startswith("psutil==") for line in lines)
@@ -115,7 +114,7 @@ def test_a_core_version_this_tree_does_not_build_is_refused(tmp_path: Path) -> N
     result = build(tmp_path, "--core-version", "2.19.0")
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert f"builds ansible-core {CORE}+{LOCAL}" in result.stderr and "2.19.0" in result.stderr
+    assert f"builds ansible-core {PATCHED_CORE}" in result.stderr and "2.19.0" in result.stderr
     assert not list(tmp_path.iterdir())
 
 
