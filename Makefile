@@ -9,6 +9,8 @@ STOCK_IMAGE      ?= $(IMAGE):stock
 TARGET_IMAGE     ?= task-timeout-ee-target:dev
 # Plain Debian with the wheel in a virtualenv: the project used without the EE (tests/venv).
 VENV_IMAGE       ?= task-timeout-ee-venv:dev
+# The EE with the ansible community package, built on EE_IMAGE by ansible-builder (full-ee/).
+FULL_IMAGE       ?= $(IMAGE)-full:dev
 # The base the image is built on. Where a registry is reachable:
 #   make image BASE_IMAGE=docker.io/library/debian:trixie
 LOCAL_BASE       := localhost/debian:trixie
@@ -31,12 +33,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
-export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE VENV_IMAGE CA_BUNDLE
+export CONTAINER_ENGINE EE_IMAGE STOCK_IMAGE TARGET_IMAGE VENV_IMAGE FULL_IMAGE CA_BUNDLE
 
 BUILD_IMAGE = scripts/build-image --engine $(CONTAINER_ENGINE) --base $(BASE_IMAGE) \
 	$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK))
 
-.PHONY: wheel wheelhouse venv-image lock push help demo test stock-reference host-deps venv base context check-context image image-stock target \
+.PHONY: wheel wheelhouse venv-image image-full test-full lock push help demo test stock-reference host-deps venv base context check-context image image-stock target \
 	unit core-tests lint format bench clean clean-base referee referee-reference images referee-test \
 	_stock-reference _referee-test
 
@@ -44,6 +46,7 @@ help:
 	@echo "make wheel    dist/: ansible-core $(CORE_VERSION)+$(CORE_LOCAL), patched, for pip install in any venv"
 	@echo "make demo     build what is missing, show a frozen host timed out while four others finish (VERBOSE=1: all output)"
 	@echo "make test     the whole suite (lint, unit, context check, image, integration)"
+	@echo "make image-full  $(FULL_IMAGE): the EE with the ansible community package; make test-full tests it"
 	@echo "make image    build $(EE_IMAGE) and $(IMAGE):$(VERSION) (BASE_IMAGE=, CA_BUNDLE=, CONTAINER_ENGINE=)"
 	@echo "make context  regenerate context/ from execution-environment.yml; check-context verifies it"
 	@echo "make bench    run the benchmarks in bench/, results in bench/results/"
@@ -143,6 +146,11 @@ target: base
 	  $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK)) -t $(TARGET_IMAGE) . >/dev/null
 	@echo "built $(TARGET_IMAGE)"
 
+# full-ee/: the ansible community package on the EE, built as a user's own EE is (ansible-builder).
+image-full: venv image
+	scripts/build-full --engine $(CONTAINER_ENGINE) --base $(EE_IMAGE) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) \
+	  --tag $(FULL_IMAGE) --tag $(IMAGE)-full:$(VERSION)
+
 # tests/venv/Containerfile: the local base, python3-venv, and the wheel pip-installed into a venv.
 venv-image: base wheelhouse
 	rm -rf .cache/venv-context && mkdir -p .cache/venv-context
@@ -176,6 +184,11 @@ test: venv lint unit
 	$(PYTEST) tests/integration -n 2 --durations=15 --ignore=$(STOCK_TESTS) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory _stock-reference
 	$(MAKE) --no-print-directory _referee-test
+
+# task-timeout-ee-full and its tests (tests/full): not part of `make test`, which stays under an
+# hour without them (the ansible package is a 51 MB download and some 30000 files to install).
+test-full: venv image-full target
+	$(PYTEST) tests/full -q $(PYTEST_ARGS)
 
 # One after the other: image-stock copies context/, into which image's build writes its CA.
 images: base

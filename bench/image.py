@@ -1,4 +1,4 @@
-"""Image figures: sizes of the patched and stock images, cold build time, rebuild after a patch edit."""
+"""Image figures: sizes of the patched, stock and full images, cold build time, rebuild after a patch edit."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .lab import EE_IMAGE, ROOT, STOCK_IMAGE, docker
 
 ENGINE = os.environ.get("CONTAINER_ENGINE", "docker")
 CA_BUNDLE = os.environ.get("CA_BUNDLE", "")
+FULL_IMAGE = os.environ.get("FULL_IMAGE", "task-timeout-ee-full:dev")
 
 
 def _size_mb(image: str) -> float:
@@ -28,6 +29,8 @@ def _timed(cmd: list[str]) -> float:
 
 def image_benchmark(cold: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"patched_mb": _size_mb(EE_IMAGE), "stock_mb": _size_mb(STOCK_IMAGE)}
+    if docker("image", "inspect", FULL_IMAGE, check=False).returncode == 0:  # make image-full
+        row["full_mb"] = _size_mb(FULL_IMAGE)
     if not cold:
         return row
     base = "localhost/debian:trixie-bench"

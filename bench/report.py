@@ -207,6 +207,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if i := results.get("image"):
         parts = [f"patched {i['patched_mb']} MB, stock {i['stock_mb']} MB uncompressed"]
+        if "full_mb" in i:
+            parts[0] += f", full (with the ansible package) {i['full_mb']} MB"
         if "cold_build_s" in i:
             parts.append(
                 f"cold build {i['cold_total_s']:.0f} s (base bootstrap {i['base_bootstrap_s']:.0f} s + image "
