@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from harness.labels import DEFAULT_LINE, LINE
 
-EE_IMAGE = os.environ.get("EE_IMAGE", "task-timeout-ee:dev")
+# The Makefile exports the images of the line under test; run by hand, the same defaults.
+_ON_DEFAULT = LINE == DEFAULT_LINE
+EE_IMAGE = os.environ.get("EE_IMAGE", "task-timeout-ee:dev" if _ON_DEFAULT else f"task-timeout-ee:core{LINE}")
 CONTAINER_ENGINE = os.environ.get("CONTAINER_ENGINE", "docker")
 
 
@@ -62,7 +65,9 @@ if TYPE_CHECKING:
     from harness.scenarios import Lab
     from harness.targets import Network, SshKey
 
-STOCK_IMAGE = os.environ.get("STOCK_IMAGE", "task-timeout-ee:stock")
+STOCK_IMAGE = os.environ.get(
+    "STOCK_IMAGE", "task-timeout-ee:stock" if _ON_DEFAULT else f"task-timeout-ee:stock-core{LINE}"
+)
 POOL_SIZE = int(os.environ.get("TT_POOL_SIZE", "40"))
 """Network aliases (= inventory hosts) served by the per-session pool container."""
 
@@ -110,8 +115,8 @@ def stock_image(engine: str) -> str:
 
 @pytest.fixture(scope="session")
 def venv_image(engine: str) -> str:
-    """Plain Debian with the wheel in a virtualenv (VENV_IMAGE, default task-timeout-ee-venv:dev)."""
-    image = os.environ.get("VENV_IMAGE", "task-timeout-ee-venv:dev")
+    """Plain Debian with the wheel in a virtualenv (VENV_IMAGE, default task-timeout-ee-venv:core<line>)."""
+    image = os.environ.get("VENV_IMAGE", f"task-timeout-ee-venv:core{LINE}")
     if subprocess.run([engine, "image", "inspect", image], capture_output=True).returncode != 0:
         pytest.fail(f"image {image} not found: run `make venv-image` first", pytrace=False)
     return image

@@ -42,7 +42,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 
-from ansible_task_timeout import bounds, guard, limit, proctree, sshmux
+from ansible_task_timeout import alarm, bounds, guard, limit, proctree, sshmux
 
 _HEADER = struct.Struct("!Q")
 _MAX_FRAME = 1 << 31
@@ -443,6 +443,76 @@ class ResultChannels:
         )
         with self._lock:
             self._ready.append(event)
+
+
+class WorkerChannelsQueue:
+    """ansible-core's FinalQueue with :class:`ResultChannels` as its transport: a base placed before
+    multiprocessing's SimpleQueue in FinalQueue's bases (the hook in patches/).
+
+    FinalQueue's own methods run on top unchanged: where a core line overrides put() and get()
+    (2.22 wraps each message in an envelope carrying the secrets the worker registered), their
+    ``super()`` calls reach this transport, so whatever upstream sends goes through the worker's own
+    channel. The subclass says which message is a worker's task result (:meth:`_is_task_result`).
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._channels = ResultChannels(is_task_result=self._is_task_result)
+
+    @staticmethod
+    def _is_task_result(obj: object) -> bool:
+        raise NotImplementedError("FinalQueue says which message is a task result")
+
+    def put(self, obj: object) -> None:
+        """In a worker, a frame on its own pipe; in the controller, its own queue.
+
+        SIGALRM is blocked for the write: a task_timeout or timeout alarm raising mid-frame would
+        tear the frame; the alarm raises right after it instead (:func:`alarm.critical_section`).
+        """
+        with alarm.critical_section():
+            self._channels.put(obj)
+
+    def notify_channels(self, obj: object) -> None:
+        """A message for the channels themselves (a :class:`limit.LimitNotice`), past any put()
+        override of the subclass: the watchdog reads it, the strategy never sees it."""
+        with alarm.critical_section():
+            self._channels.put(obj)
+
+    def get(self) -> object:
+        """Next item from any worker, or a :class:`WorkerLost`; raises queue.Empty after a short
+        wait, so the watchdog runs on every call."""
+        return self._channels.get()
+
+    def empty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._channels.close()
+        super().close()  # type: ignore[misc]
+
+    def open_worker_channel(self) -> int:
+        """Before forking a worker: create its own result pipe; returns the token for the calls below."""
+        return self._channels.open_channel()
+
+    def worker_started(
+        self,
+        channel: int,
+        worker: object,
+        host_name: str,
+        task_uuid: str,
+        worker_id: int,
+        task_timeout: object,
+    ) -> None:
+        """Right after the fork: drop our write end of the channel and supervise the worker."""
+        self._channels.worker_started(channel, worker, host_name, task_uuid, worker_id, task_timeout)
+
+    def bind_worker_channel(self, channel: int) -> None:
+        """In the forked worker, first thing: write to this channel only, and hold none of the others."""
+        self._channels.bind_writer(channel)
+
+    def supervises(self, worker: object) -> bool:
+        """Whether the death of this worker comes as a failed result for its host (a WorkerLost)."""
+        return self._channels.supervises(worker)
 
 
 def _wait_exitcode(process: object, timeout: float) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import tomllib
@@ -10,15 +11,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 _cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["task-timeout-ee"]
-CORE = _cfg["core"]
-PATCHED_CORE = f"{CORE}+{_cfg['local-version']}"
+LINES: dict[str, str] = {line: row["core"] for line, row in _cfg["lines"].items()}
+"""Every supported ansible-core line and the core version patched on it."""
+LOCAL = _cfg["local-version"]
+DEFAULT_LINE = _cfg["default-line"]
+# The line under test: the Makefile exports TT_CORE_LINE (make test CORE=...), else the default.
+LINE = os.environ.get("TT_CORE_LINE") or DEFAULT_LINE
+if LINE not in LINES:
+    raise RuntimeError(f"TT_CORE_LINE={LINE!r} is no supported line ({', '.join(sorted(LINES))})")
+CORE = LINES[LINE]
+PATCHED_CORE = f"{CORE}+{LOCAL}"
 
 
-def patch_series_digest() -> str:
-    """The sha256 of patches/*.patch concatenated in order: `cat patches/*.patch | sha256sum`."""
-    return hashlib.sha256(
-        b"".join(p.read_bytes() for p in sorted((ROOT / "patches").glob("*.patch")))
-    ).hexdigest()
+def patches(line: str = LINE) -> list[Path]:
+    """The patch series of one line, in order."""
+    return sorted((ROOT / "patches" / line).glob("*.patch"))
+
+
+def patch_series_digest(line: str = LINE) -> str:
+    """The sha256 of the line's series concatenated in order: `cat patches/<line>/*.patch | sha256sum`."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in patches(line))).hexdigest()
 
 
 def oci_label_problems(labels: dict[str, str]) -> list[str]:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness.labels import LINE, PATCHED_CORE
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-image"
@@ -85,7 +86,7 @@ def test_a_patch_that_does_not_apply_fails_the_build(engine: str, ee_image: str,
     """A broken patch stops the build naming itself; :dev keeps the last good image, no tag is left."""
     context = tmp_path / "context"
     shutil.copytree(ROOT / "context", context, ignore=shutil.ignore_patterns("*.pem", "*.whl"))
-    (context / "_build" / "task-timeout" / "patches" / "9999-does-not-apply.patch").write_text(
+    (context / "_build" / "task-timeout" / "patches" / LINE / "9999-does-not-apply.patch").write_text(
         "Why: a hunk whose context is not in ansible-core.\n\n"
         "--- a/ansible/release.py\n+++ b/ansible/release.py\n"
         "@@ -1,3 +1,3 @@\n-no such line\n+replacement\n no such context\n no such context either\n"
@@ -95,7 +96,10 @@ def test_a_patch_that_does_not_apply_fails_the_build(engine: str, ee_image: str,
     probe = "task-timeout-ee:broken-patch-probe"
     # The same CA as `make image`, so every layer before the patches comes from the cache.
     ca = ["--ca-bundle", os.environ["CA_BUNDLE"]] if os.environ.get("CA_BUNDLE") else []
-    result = build("--context", str(context), "--base", LOCAL_BASE, *ca, "--tag", probe, "--tag", ee_image)
+    line = ("--line", LINE, "--build-arg", f"ANSIBLE_CORE_VERSION={PATCHED_CORE}")
+    result = build(
+        "--context", str(context), "--base", LOCAL_BASE, *ca, *line, "--tag", probe, "--tag", ee_image
+    )
     assert result.returncode != 0
     assert "9999-does-not-apply.patch does not apply to ansible-core" in result.stdout + result.stderr
     assert "no tag was changed" in last_line(result)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from harness.distcheck import RECORD_SCRIPT
-from harness.labels import CORE, PATCHED_CORE, oci_label_problems, patch_series_digest
+from harness.labels import CORE, LINE, PATCHED_CORE, oci_label_problems, patch_series_digest, patches
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,13 +30,13 @@ def processes(host: Any) -> list[dict[str, Any]]:
     return json.loads(host.check_output("python3 -c %s", PS_SCRIPT))
 
 
-LOCK = (ROOT / "requirements.lock").read_text()
+LOCK = (ROOT / "locks" / f"{LINE}.lock").read_text()
 
 
 def pinned(name: str) -> str:
-    """The version requirements.lock pins NAME to."""
+    """The version the line's lock (locks/<line>.lock) pins NAME to."""
     m = re.search(rf"^{re.escape(name)}==([^\s;]+)", LOCK, re.M | re.I)
-    assert m, f"{name} is not pinned in requirements.lock"
+    assert m, f"{name} is not pinned in locks/{LINE}.lock"
     return m[1]
 
 
@@ -89,7 +89,7 @@ def test_ansible_core_is_the_pinned_version(host: Any) -> None:
 
 
 def test_pip_knows_the_patched_core(host: Any, image_config: dict[str, Any]) -> None:
-    """pip and the image's label both say which core this is: no longer 2.21.5 as released."""
+    """pip and the image's label both say which core this is: no longer the core as released."""
     show = host.check_output("python3 -m pip show ansible-core")
     assert f"Version: {PATCHED_CORE}" in show.splitlines()
     assert "psutil" in next(line for line in show.splitlines() if line.startswith("Requires:"))
@@ -136,10 +136,10 @@ def test_patch_record_lists_every_patch(host: Any) -> None:
     )
     record = host.file(f"{site}/ansible_task_timeout/patches.txt")
     assert record.exists
-    patches = sorted((ROOT / "patches").glob("*.patch"))
-    assert patches, "patches/ is empty"
+    series = patches(LINE)
+    assert series, f"patches/{LINE}/ is empty"
     text = record.content_string
-    for patch in patches:
+    for patch in series:
         digest = hashlib.sha256(patch.read_bytes()).hexdigest()
         assert patch.name in text and digest in text, f"{patch.name} (sha256 {digest}) not in the record"
     # the package the patches call, every module of it (the guardian is started as `python -m`)

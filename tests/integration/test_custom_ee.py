@@ -23,7 +23,8 @@ from harness.labels import CORE, PATCHED_CORE, patch_series_digest
 from harness.scenarios import HUNG, Lab, Scenario, run_scenario
 from harness.verdict import guarantee_problems
 
-pytestmark = pytest.mark.integration
+# one build for the module: under `--dist loadgroup` every test of it runs on one xdist worker
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("custom_ee")]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "custom-ee"

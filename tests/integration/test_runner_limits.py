@@ -11,8 +11,8 @@ Each test drives `ansible_runner.run()` from a small Python driver inside a long
 container while one target is frozen (docker pause) mid-module and no task limit is set, so only
 runner's limit can end the job. Then the job must have ended with runner's status (`timeout`,
 `canceled`) in time, and nothing of the run may be alive in the container (psutil inside it).
-The run guard of the controller-shutdown patch (patches/0006-0008, a guardian process that ends
-everything of the run when ansible-playbook dies) is what makes that last part hold.
+The run guard (patches 0003 and 0008 of each line, a guardian process that ends everything of the
+run when ansible-playbook dies) is what makes that last part hold.
 """
 
 from __future__ import annotations

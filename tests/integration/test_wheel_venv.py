@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from harness import hang
 from harness.distcheck import RECORD_SCRIPT
-from harness.labels import CORE, patch_series_digest
+from harness.labels import CORE, LINE, patch_series_digest
 from harness.labels import PATCHED_CORE as PATCHED
 from harness.scenarios import HUNG, Lab, Scenario, run_scenario
 from harness.verdict import guarantee_problems
@@ -49,11 +49,11 @@ def test_pip_installed_exactly_the_wheel_and_its_locked_dependencies(venv_image:
     assert report["counts"].get("ansible-core", 0) > 1000, report["counts"]
     freeze = [line for line in rest if "==" in line]
     assert f"ansible-core=={PATCHED}" in freeze, freeze
-    locked = (ROOT / "requirements.lock").read_text().lower()
+    locked = (ROOT / "locks" / f"{LINE}.lock").read_text().lower()
     for line in freeze:  # every package in the venv is the lock's version, nothing else came in
         name, version = line.lower().split("==")
         if name not in ("ansible-core", "pip"):  # pip: the venv's own, from python3-venv
-            assert f"\n{name}=={version} " in locked, f"{line} is not in requirements.lock"
+            assert f"\n{name}=={version} " in locked, f"{line} is not in locks/{LINE}.lock"
 
 
 def test_a_requirement_on_the_released_core_keeps_the_wheel(venv_image: str) -> None:

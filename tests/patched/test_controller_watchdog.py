@@ -1,4 +1,4 @@
-"""The controller-side guarantee, with real ansible-playbook runs on the patched ansible-core 2.21.
+"""The controller-side guarantee, with real ansible-playbook runs on the patched ansible-core.
 
 Run by scripts/core-tests (Python 3.13, patched ansible); skipped on the host. Covers: the watchdog
 (a worker that blocks SIGALRM, one stuck in C code), the stress test (workers killed at random

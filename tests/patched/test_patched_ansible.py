@@ -1,6 +1,6 @@
 """Real ansible-playbook runs against the patched ansible-core (run by scripts/core-tests, Python 3.13).
 
-Skipped on the host, where ansible-core 2.21 (Python >= 3.12) is not importable.
+Skipped on the host, where the patched ansible-core (Python >= 3.12) is not importable.
 """
 
 from __future__ import annotations

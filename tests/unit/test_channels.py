@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.queues
 import os
 import queue
 import signal
@@ -207,3 +209,117 @@ def test_the_channels_say_which_workers_they_supervise() -> None:
     chans.put("from the controller")
     assert chans.get(timeout=1) == "from the controller"
     chans.close()
+
+
+class _Envelope:
+    """Stands for 2.22's FinalQueue envelope: a message and the secrets the worker registered."""
+
+    def __init__(self, message: object, secrets: frozenset[str] | None) -> None:
+        self.message, self.secrets = message, secrets
+
+
+class EnvelopeQueue(channels.WorkerChannelsQueue, multiprocessing.queues.SimpleQueue):
+    """A FinalQueue as 2.22 writes it: put()/get() of its own over super()'s transport."""
+
+    registered: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__(ctx=multiprocessing.get_context("fork"))
+
+    @staticmethod
+    def _is_task_result(obj: object) -> bool:
+        return isinstance(obj, _Envelope) and isinstance(obj.message, Result)
+
+    def put(self, obj: object) -> None:
+        super().put(_Envelope(obj, frozenset({"s3cret"}) if isinstance(obj, Result) else None))
+
+    def get(self) -> object:
+        envelope = super().get()
+        if isinstance(envelope, channels.WorkerLost):
+            return envelope
+        assert isinstance(envelope, _Envelope)
+        self.registered.extend(envelope.secrets or ())
+        return envelope.message
+
+
+def fork_queue_worker(q: EnvelopeQueue, body: Callable[[], None], raw_limit: object = 0) -> Proc:
+    token = q.open_worker_channel()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            q.bind_worker_channel(token)
+            body()
+        finally:
+            os._exit(0)
+    proc = Proc(pid)
+    q.worker_started(token, proc, f"host{pid}", f"task{pid}", 0, raw_limit)
+    return proc
+
+
+def queue_items(q: EnvelopeQueue, count: int, timeout: float) -> list[object]:
+    items: list[object] = []
+    end = time.monotonic() + timeout
+    while len(items) < count and time.monotonic() < end:
+        with contextlib.suppress(queue.Empty):
+            items.append(q.get())
+    return items
+
+
+def test_a_subclass_s_own_put_and_get_travel_on_the_worker_s_channel() -> None:
+    """What 2.22 sends (an envelope with the worker's secrets) arrives whole, and is a task result."""
+    q = EnvelopeQueue()
+    proc = fork_queue_worker(q, lambda: q.put(Result(b"done")))
+    (item,) = queue_items(q, 1, 10)
+    assert isinstance(item, Result) and item.payload == b"done"
+    assert q.registered == ["s3cret"]
+    assert _wait_exitcode(proc) == 0
+    assert not queue_items(q, 1, 1.5), "a worker that delivered its result and exited is no loss"
+    q.close()
+
+
+def test_a_lost_worker_reaches_the_subclass_s_get_as_a_worker_lost() -> None:
+    q = EnvelopeQueue()
+    fork_queue_worker(q, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    (item,) = queue_items(q, 1, 10)
+    assert isinstance(item, channels.WorkerLost) and not item.timed_out
+    q.close()
+
+
+def test_notify_channels_bypasses_the_subclass_s_put(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LimitNotice is for the watchdog: never wrapped, never handed to the strategy."""
+    monkeypatch.setattr(bounds, "WATCHDOG_GRACE", 0.5)
+    q = EnvelopeQueue()
+
+    def worker() -> None:
+        q.notify_channels(limit.LimitNotice(1))
+        time.sleep(30)
+
+    fork_queue_worker(q, worker, raw_limit="{{ templated }}")
+    start = time.monotonic()
+    (item,) = queue_items(q, 1, 15)
+    assert isinstance(item, channels.WorkerLost) and item.timed_out and item.limit == 1
+    assert time.monotonic() - start < 8
+    q.close()
+
+
+def test_put_keeps_sigalrm_out_of_the_write() -> None:
+    """SIGALRM is blocked while the frame is written: an alarm due mid-write raises right after it."""
+    q = EnvelopeQueue()
+    seen: list[bool] = []
+
+    def send(obj: object) -> None:
+        seen.append(signal.SIGALRM in signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+
+    q._channels.put = send  # type: ignore[method-assign]
+    q.put(Result(b"x"))
+    q.notify_channels(limit.LimitNotice(3))
+    assert seen == [True, True]
+    assert signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    q.close()
+
+
+def _wait_exitcode(proc: Proc, timeout: float = 10) -> int | None:
+    end = time.monotonic() + timeout
+    while proc.exitcode is None and time.monotonic() < end:
+        time.sleep(0.01)
+    return proc.exitcode

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from harness.labels import CORE, PATCHED_CORE
+from harness.labels import CORE, LINE, LINES, LOCAL, PATCHED_CORE
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -29,8 +29,9 @@ NAME = f"ansible_core-{PATCHED_CORE}-py3-none-any.whl"
 DIST_INFO = f"ansible_core-{PATCHED_CORE}.dist-info"
 
 
-def build(dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BUILD, "--dest", str(dest), *args], capture_output=True, text=True, timeout=300)
+def build(dest: Path, *args: str, line: str = LINE) -> subprocess.CompletedProcess[str]:
+    cmd = [*BUILD, "--dest", str(dest), *(() if "--core-version" in args else ("--line", line)), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +112,35 @@ def test_install_requirements_pin_this_wheel_by_its_hash(wheel: Path, tmp_path: 
 
 
 def test_a_core_version_this_tree_does_not_build_is_refused(tmp_path: Path) -> None:
-    result = build(tmp_path, "--core-version", "2.19.0")
+    other = f"{CORE.rsplit('.', 1)[0]}.99"  # the same line, another release
+    result = build(tmp_path, "--core-version", other)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert f"builds ansible-core {PATCHED_CORE}" in result.stderr and "2.19.0" in result.stderr
+    assert f"builds ansible-core {PATCHED_CORE}" in result.stderr and other in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args", [("--line", "2.19"), ("--line", "banana"), ("--core-version", "2.19.0")])
+def test_an_unsupported_line_is_refused_naming_the_supported_ones(
+    tmp_path: Path, args: tuple[str, str]
+) -> None:
+    result = subprocess.run(
+        [*BUILD, "--dest", str(tmp_path), *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "unsupported ansible-core line" in result.stderr and ", ".join(sorted(LINES)) in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("line", sorted(set(LINES) - {LINE}))
+def test_every_other_line_builds_its_own_core(tmp_path: Path, line: str) -> None:
+    result = build(tmp_path, line=line)
+    assert result.returncode == 0, result.stderr
+    (whl,) = tmp_path.iterdir()
+    assert whl.name == f"ansible_core-{LINES[line]}+{LOCAL}-py3-none-any.whl"
+    assert f"__version__ = '{LINES[line]}'" in read(whl, "ansible/release.py")
+    assert f"patches applied to ansible-core {LINES[line]}" in read(whl, "ansible_task_timeout/patches.txt")
 
 
 def test_stock_passes_the_released_wheel_through(tmp_path: Path) -> None:
@@ -136,7 +161,7 @@ def test_an_upstream_wheel_the_lock_does_not_know_is_refused(wheel: Path, tmp_pa
 
 
 def test_a_lock_without_hashes_is_refused(tmp_path: Path) -> None:
-    lock = tmp_path / "requirements.lock"
+    lock = tmp_path / f"{LINE}.lock"
     lock.write_text(f"ansible-core=={CORE}\n")
     result = build(tmp_path / "out", "--lock", str(lock))
     assert result.returncode == 1
