@@ -15,7 +15,7 @@ DEFAULT_LINE := $(shell scripts/core-line "" line)
 CORE_VERSION := $(shell scripts/core-line $(CORE_LINE) core)
 CORE_PATCHED := $(shell scripts/core-line $(CORE_LINE) patched)
 CORE_PREVIEW := $(shell scripts/core-line $(CORE_LINE) preview)
-OTHER_LINES  := $(filter-out $(DEFAULT_LINE),$(shell scripts/core-line --list | cut -d' ' -f1))
+OTHER_LINES  := $(filter-out $(CORE_LINE),$(shell scripts/core-line --list | cut -d' ' -f1))
 # Tags: every line has :core<X.Y> and :<version>-core<X.Y.Z> (a preview's version says rc);
 # the default line's image is :dev and :<version> too.
 LINE_TAGS    := $(IMAGE):core$(CORE_LINE) $(IMAGE):$(VERSION)-core$(CORE_VERSION)
@@ -176,10 +176,11 @@ target: base
 
 # full-ee/: the ansible community package on the EE, built as a user's own EE is (ansible-builder).
 image-full: _full-line venv image
-_full-line:
-	@[ "$(CORE_LINE)" = "$(DEFAULT_LINE)" ] || { echo "make: image-full is built on the default line ($(DEFAULT_LINE)) only: the ansible package pins its core line" >&2; exit 1; }
 	scripts/build-full --engine $(CONTAINER_ENGINE) --base $(EE_IMAGE) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) \
 	  --tag $(FULL_IMAGE) --tag $(IMAGE)-full:$(VERSION)
+
+_full-line:
+	@[ "$(CORE_LINE)" = "$(DEFAULT_LINE)" ] || { echo "make: image-full is built on the default line ($(DEFAULT_LINE)) only: the ansible package pins its core line" >&2; exit 1; }
 
 # tests/venv/Containerfile: the local base, python3-venv, and the wheel pip-installed into a venv.
 venv-image: base wheelhouse
@@ -220,14 +221,19 @@ test: venv lint unit
 	$(MAKE) --no-print-directory _stock-reference
 	$(MAKE) --no-print-directory _referee-test
 
-# make on another line: without this line's image names in the environment (they are exported).
-ON_LINE = env -u EE_IMAGE -u STOCK_IMAGE -u VENV_IMAGE -u TT_CORE_LINE $(MAKE) --no-print-directory CORE=
+# make on another line, with that line's image names (this line's are exported, and may have been
+# given on the command line): LINE_VARS, then $(MAKE) itself in the recipe, so make sees the recursion.
+LINE_VARS = CORE=$$line EE_IMAGE=$(IMAGE):core$$line STOCK_IMAGE=$(IMAGE):stock-core$$line \
+	VENV_IMAGE=task-timeout-ee-venv:core$$line
 
+# One after the other: image-stock copies context/, into which image's build writes its CA.
 _test-images: images
-	@for line in $(OTHER_LINES); do $(ON_LINE)$$line image image-stock || exit 1; done
+	@for line in $(OTHER_LINES); do \
+	  $(MAKE) --no-print-directory $(LINE_VARS) image && \
+	  $(MAKE) --no-print-directory $(LINE_VARS) image-stock || exit 1; done
 
 _line-checks:
-	@for line in $(OTHER_LINES); do $(ON_LINE)$$line _line-check || exit 1; done
+	@for line in $(OTHER_LINES); do $(MAKE) --no-print-directory $(LINE_VARS) _line-check || exit 1; done
 _line-check:
 	$(PYTEST) $(LINE_CHECKS) -n 2 -q $(PYTEST_ARGS)
 
@@ -250,7 +256,7 @@ line-images: base
 	$(MAKE) --no-print-directory target
 
 test-lines:
-	@for line in $(OTHER_LINES); do $(ON_LINE)$$line test-line || exit 1; done
+	@for line in $(OTHER_LINES); do $(MAKE) --no-print-directory $(LINE_VARS) test-line || exit 1; done
 
 # task-timeout-ee-full and its tests (tests/full): not part of `make test`, which stays under an
 # hour without them (the ansible package is a 51 MB download and some 30000 files to install).

@@ -269,6 +269,42 @@ def test_watchdog_ends_a_worker_the_alarm_cannot_reach(tmp_path: Path, mode: str
     assert wait_for(lambda: not run_processes(), 10, "the run's processes to be gone")
 
 
+@pytest.mark.parametrize("ignored", [True, False])
+def test_a_lost_worker_s_result_honours_a_templated_ignore_errors(tmp_path: Path, ignored: bool) -> None:
+    """The watchdog's result is the task's as the worker would have sent it: a templated
+    ignore_errors is resolved (the controller's copy of the task never was), true or false."""
+    limit = 6
+    env = write_project(
+        tmp_path,
+        f"""
+        - hosts: all
+          gather_facts: false
+          vars:
+            stuck_ignored: {str(ignored).lower()}
+          tasks:
+            - name: stuck
+              probe:
+                mode: "{{{{ 'c_sleep' if inventory_hostname == 'h1' else 'big' }}}}"
+                seed: "{{{{ inventory_hostname }}}}"
+              task_timeout: {limit}
+              ignore_errors: "{{{{ stuck_ignored }}}}"
+            - name: after
+              probe: {{mode: big, seed: after}}
+        """,
+    )
+    proc = start_playbook(tmp_path, env)
+    out, _ = proc.communicate(timeout=120)
+    recs = records(tmp_path)
+    stuck = {r["host"]: r for r in recs if r.get("task") == "stuck" and "host" in r}
+    assert stuck["h1"]["event"] == "failed" and stuck["h1"]["task_timeout"] is True, out
+    after = {r["host"] for r in recs if r.get("task") == "after" and r.get("event") == "ok"}
+    if ignored:
+        assert proc.returncode == 0 and after == set(HOSTS), out
+    else:
+        assert proc.returncode == 2 and after == set(HOSTS[1:]), out
+    assert wait_for(lambda: not run_processes(), 10, "the run's processes to be gone")
+
+
 # --------------------------------------------------------------------------- stress
 
 

@@ -221,10 +221,9 @@ class _Envelope:
 class EnvelopeQueue(channels.WorkerChannelsQueue, multiprocessing.queues.SimpleQueue):
     """A FinalQueue as 2.22 writes it: put()/get() of its own over super()'s transport."""
 
-    registered: list[str] = []
-
     def __init__(self) -> None:
         super().__init__(ctx=multiprocessing.get_context("fork"))
+        self.registered: list[str] = []
 
     @staticmethod
     def _is_task_result(obj: object) -> bool:

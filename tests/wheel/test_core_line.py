@@ -61,3 +61,7 @@ def test_the_image_build_default_is_the_default_line() -> None:
     containerfile = (REPO / "context" / "Containerfile").read_text()
     defaults = {line for line in containerfile.splitlines() if line.startswith("ARG ANSIBLE_CORE_VERSION=")}
     assert defaults == {f"ARG ANSIBLE_CORE_VERSION={patched}"}, defaults
+    line = core_line("line").stdout.strip()
+    assert [x for x in containerfile.splitlines() if x.startswith("ARG TT_CORE_LINE=")] == [
+        f"ARG TT_CORE_LINE={line}"
+    ]
