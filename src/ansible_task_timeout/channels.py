@@ -475,8 +475,7 @@ class WorkerChannelsQueue:
     def notify_channels(self, obj: object) -> None:
         """A message for the channels themselves (a :class:`limit.LimitNotice`), past any put()
         override of the subclass: the watchdog reads it, the strategy never sees it."""
-        with alarm.critical_section():
-            self._channels.put(obj)
+        WorkerChannelsQueue.put(self, obj)
 
     def get(self) -> object:
         """Next item from any worker, or a :class:`WorkerLost`; raises queue.Empty after a short
