@@ -8,7 +8,6 @@ SIGTERM, runner's killpg SIGKILL, SIGKILL of ansible-playbook alone).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,11 +19,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
+from playbook_runs import ansible_playbook, start_run, wait_for, workers_of
 
 errors = pytest.importorskip("ansible.errors")
 if not hasattr(errors, "AnsibleTaskTimeoutError"):
@@ -122,11 +121,6 @@ def expected_sha(seed: str) -> str:
     return hashlib.sha256(bytes(out[:OUTPUT_SIZE])).hexdigest()
 
 
-def ansible_playbook() -> str:
-    found = Path(sys.executable).parent / "ansible-playbook"
-    return str(found) if found.exists() else (shutil.which("ansible-playbook") or "ansible-playbook")
-
-
 def write_project(tmp_path: Path, play: str) -> dict[str, str]:
     """Inventory, plugins and play in `tmp_path`; return the environment for ansible-playbook."""
     (tmp_path / "action_plugins").mkdir(exist_ok=True)
@@ -161,46 +155,6 @@ def start_playbook(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]
     """ansible-playbook in its own process group and session, as ansible-runner starts it."""
     argv = [ansible_playbook(), "-i", str(tmp_path / "inventory"), str(tmp_path / "play.yml")]
     return start_run(argv, tmp_path, env)
-
-
-def start_run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    """An ansible command in its own process group and session, its output merged and captured."""
-    return subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def workers_of(pid: int) -> list[psutil.Process]:
-    """The controller's forked workers: its children running the controller's own command line."""
-    try:
-        parent = psutil.Process(pid)
-        cmdline = parent.cmdline()
-        children = parent.children()
-    except psutil.Error:
-        return []
-    found = []
-    for child in children:  # one child gone or defunct (cmdline() raises) must not hide the others
-        with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline() == cmdline:
-                found.append(child)
-    return found
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll `condition` until truthy; fail naming `what` after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def run_processes(run_id: str | None = None) -> list[psutil.Process]:

@@ -50,6 +50,11 @@ blocking ``finally`` interrupted, the budgeted reap and the send fit in it."""
 RESULTS_POLL = 0.2
 """Longest the controller's results thread blocks before it re-checks deadlines and dead workers."""
 
+CONTROLLER_WAIT = 0.1
+"""Longest the strategy's main thread sleeps waiting for a free worker slot or for results
+(:mod:`ansible_task_timeout.waiting`) before it looks again on its own, as upstream does after each
+of its short sleeps: a terminated run or a dead worker is noticed this soon at the latest."""
+
 WATCHDOG_KILL_WAIT = 1.0
 """How long the watchdog waits for a SIGKILLed worker tree before it records the result."""
 
