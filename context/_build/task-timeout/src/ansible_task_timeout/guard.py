@@ -224,13 +224,12 @@ def reap_adopted_zombies() -> list[int]:
         return []
     if not _zombie_child():
         return []
-    keep = set(guard.worker_pids)
-    if guard.guardian is not None:
-        keep.add(guard.guardian.pid)
+    guardian = guard.guardian.pid if guard.guardian is not None else None
     own_session = os.getsid(0)
     reaped: list[int] = []
-    for pid in proctree.children(me):
-        if pid in keep:  # never read a busy worker's /proc/<pid>/stat: it waits on its memory map
+    for pid in proctree.children(me):  # the live children, not every worker the run registered
+        # never read a busy worker's /proc/<pid>/stat: it waits on its memory map
+        if pid in guard.worker_pids or pid == guardian:
             continue
         stat = proctree.stat(pid)
         if stat is None or stat.state != "Z" or stat.session == own_session:
