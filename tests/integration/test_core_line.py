@@ -164,3 +164,59 @@ def test_sigusr1_to_a_worker_under_a_deadline(lab: Lab, ee_image: str) -> None:
             assert "SIGUSR1" in results[lost]["result"].get("msg", ""), results[lost]
             assert time.monotonic() - signalled_at < LIMIT_S + 20
         assert not run.leftovers, run.describe()
+
+
+# In a forked worker of the image's own FinalQueue: the deadline fires while the worker flushes the
+# secrets it registered (a stand-in TaskContext whose flush takes longer than the deadline), so
+# without one SIGALRM-free section around the flush and the write, the alarm raises between the two
+# and the message goes, with its secrets, nowhere.
+FLUSH_RACE = """
+import os, time
+from ansible.executor import task_queue_manager as tqm
+from ansible.module_utils.secrets import mask_secrets
+from ansible_task_timeout import alarm
+
+class Flushing:
+    def flush_new_secrets(self):
+        time.sleep(0.5)
+        return frozenset({"tt-flush-race-secret"})
+
+class Worker:
+    def __init__(self, pid):
+        self.pid, self.exitcode = pid, None
+
+q = tqm.FinalQueue()
+token = q.open_worker_channel()
+pid = os.fork()
+if pid == 0:
+    q.bind_worker_channel(token)
+    tqm.TaskContext.current = staticmethod(lambda optional=False: Flushing())
+    try:
+        with alarm.alarm(0.1, lambda: TimeoutError("deadline")):
+            q.put("the message")
+            time.sleep(10)
+    except TimeoutError:
+        os._exit(0)
+    os._exit(3)
+q.worker_started(token, Worker(pid), "h1", "uuid", 0, 0)
+end = time.monotonic() + 10
+while time.monotonic() < end:
+    try:
+        print("received:", q.get())
+        break
+    except Exception as ex:
+        if type(ex).__name__ != "Empty":
+            raise
+print("masked:", mask_secrets("tt-flush-race-secret"))
+print("worker:", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+@pytest.mark.skipif(
+    not AT_LEAST_2_22, reason=f"ansible-core {CORE} keeps a worker's secrets in the worker (2.22 sends them)"
+)
+def test_a_deadline_during_the_secrets_flush_keeps_them_with_the_message(ee_image: str) -> None:
+    out = docker("run", "--rm", ee_image, "python3", "-c", FLUSH_RACE, timeout=60).stdout
+    assert "received: the message" in out, out
+    assert "masked: $REDACTED$" in out, out
+    assert "worker: 0" in out, out  # the deadline still raised in the worker, right after the write
