@@ -10,6 +10,7 @@ task_start events): the frozen hosts cost task 1 only, and the other two tasks s
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -139,15 +140,66 @@ def healthy_done(result: RunResult, hosts: Collection[str], task: str = "task 1"
     return round(max(ends.values()) - start, 2)
 
 
+def host_task_times(result: RunResult, hosts: Collection[str], task: str) -> list[float]:
+    """Each host's time on `task`, from its runner's start to its last result, sorted (hosts that
+    never started or reported it are left out)."""
+    times = []
+    for host in hosts:
+        start = result.start_of(host, task)
+        ends = [float(e["ts"]) for e in result.results(host=host, task=task)]
+        if start is not None and ends:
+            times.append(round(max(ends) - start, 2))
+    return sorted(times)
+
+
+def _timed_out(result: RunResult, task: str) -> int:
+    return sum(
+        1 for e in result.results(task=task) if e["event"] == "failed" and e["result"].get("task_timeout")
+    )
+
+
+def beside_stock(
+    patched: RunResult, hosts: Collection[str], stock: RunResult, stock_hosts: Collection[str], limit_s: int
+) -> str:
+    """For each task on which healthy hosts timed out: their task times next to stock's, in a run of a
+    fleet of the same size. Stock enforces no limit: its times say whether it finished them in time."""
+    parts = []
+    for task in ("task 1", "task 2", "task 3"):
+        if not (count := _timed_out(patched, task)):
+            continue
+        ours, theirs = host_task_times(patched, hosts, task), host_task_times(stock, stock_hosts, task)
+        over = sum(1 for t in theirs if t > limit_s)
+        parts.append(
+            f"{task}: {count} timed out; per host median / max {_median(ours)} / {max(ours, default='-')} s, "
+            f"stock {_median(theirs)} / {max(theirs, default='-')} s, "
+            f"stock over {limit_s} s: {over} of {len(theirs)} hosts"
+        )
+    return "; ".join(parts)
+
+
+def _median(values: list[float]) -> float | str:
+    return round(statistics.median(values), 2) if values else "-"
+
+
 def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
     frozen = _frozen_count(n)
     env = base_env("linear", forks)
     env["ANSIBLE_TASK_DEADLINE"] = str(limit_s)
     env["ANSIBLE_PIPELINING"] = "True"
 
-    _, healthy, _ = _run(bench, EE_IMAGE, f"n{n}f{forks}h", n, 0, env, 1800)
+    fleet, healthy, _ = _run(bench, EE_IMAGE, f"n{n}f{forks}h", n, 0, env, 1800)
     if healthy.hit_outer_limit or healthy.rc != 0:
-        raise FleetRunFailed(_why_failed(healthy, n, forks))
+        why = _why_failed(healthy, n, forks)
+        if not healthy.hit_outer_limit and any(
+            _timed_out(healthy, t) for t in ("task 1", "task 2", "task 3")
+        ):
+            # healthy hosts timed out: would stock have finished them within the limit?
+            stock_fleet, stock_healthy, _ = _run(bench, STOCK_IMAGE, f"n{n}f{forks}sh", n, 0, env, 1800)
+            times = beside_stock(
+                healthy, fleet.healthy.keys(), stock_healthy, stock_fleet.healthy.keys(), limit_s
+            )
+            why += f". Beside stock's healthy run of a fleet of the same size: {times}"
+        raise FleetRunFailed(why)
     bound = healthy.wall_s + 2 * limit_s + 30
     fleet, patched, sockets = _run(
         bench, EE_IMAGE, f"n{n}f{forks}p", n, frozen, env, healthy.wall_s + 10 * limit_s

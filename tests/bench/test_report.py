@@ -18,7 +18,7 @@ from harness.runner import RunResult  # noqa: E402
 
 from bench import report  # noqa: E402
 from bench.__main__ import _ints, _positive  # noqa: E402
-from bench.fleet import _failures, healthy_done, task_spans  # noqa: E402
+from bench.fleet import _failures, beside_stock, healthy_done, host_task_times, task_spans  # noqa: E402
 
 HEALTHY = {"h1", "h2"}
 
@@ -57,6 +57,29 @@ def test_failures_count_by_task_and_message_of_the_hosts_asked_for() -> None:
     run = _frozen_run()
     assert _failures(run, HEALTHY) == {}
     assert _failures(run) == {"task 1 failed: Task execution timed out, limit is: 30 second(s)": 1}
+
+
+def _starts_and_results(
+    task: str, times: dict[str, tuple[float, float]], limit: bool
+) -> list[dict[str, Any]]:
+    """Runner starts and results at the given (start, end) ts; `limit`: results past 15 s time out."""
+    events: list[dict[str, Any]] = []
+    for host, (start, end) in times.items():
+        timed_out = limit and end - start >= 15
+        events.append({"event": "runner_start", "task": task, "host": host, "ts": start})
+        events.append({"event": "failed" if timed_out else "ok", "task": task, "host": host, "ts": end,
+                       "result": {"task_timeout": True} if timed_out else {}})  # fmt: skip
+    return events
+
+
+def test_healthy_hosts_that_timed_out_are_shown_beside_stock_s_task_times() -> None:
+    patched = _run(_starts_and_results("task 1", {"h1": (0, 4), "h2": (1, 16), "h3": (2, 17)}, limit=True))
+    stock = _run(_starts_and_results("task 1", {"s1": (0, 5), "s2": (1, 9), "s3": (2, 21)}, limit=False))
+    assert host_task_times(patched, {"h1", "h2", "h3", "never"}, "task 1") == [4, 15, 15]
+    assert beside_stock(patched, {"h1", "h2", "h3"}, stock, {"s1", "s2", "s3"}, 15) == (
+        "task 1: 2 timed out; per host median / max 15.0 / 15.0 s, stock 8.0 / 19.0 s, "
+        "stock over 15 s: 1 of 3 hosts"
+    )
 
 
 def _row(n: int, **extra: Any) -> dict[str, Any]:
