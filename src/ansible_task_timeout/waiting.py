@@ -38,9 +38,12 @@ class _Signal:
         self.fd, self._write_fd = os.pipe()
         os.set_blocking(self.fd, False)
         os.set_blocking(self._write_fd, False)
-        weakref.finalize(self, _close, self.fd, self._write_fd)
+        self.close = weakref.finalize(self, _close, self.fd, self._write_fd)
+        """Close both ends, once (also when the signal is garbage-collected)."""
 
     def notify(self) -> None:
+        if not self.close.alive:  # never write to a closed fd number: it may belong to a new file by now
+            return
         # a full pipe already holds a wake-up nobody has consumed: nothing is lost by dropping this one
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._write_fd, b"\0")
@@ -67,6 +70,12 @@ class Wakeup:
     def __init__(self) -> None:
         self._results = _Signal()
         self._requests = _Signal()
+
+    def close(self) -> None:
+        """At the strategy's cleanup, when its results thread has ended: close the pipes (a wake-up
+        after this is dropped). Each strategy object has its own, and a run may play many plays."""
+        self._results.close()
+        self._requests.close()
 
     def results_queue(self) -> NotifyingDeque:
         """The strategy's ``_results``: appending a result wakes :meth:`wait_for_results`."""

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.stock]
 
 LIMIT_S = int(os.environ.get("TT_LIMIT_S", "10"))
 """The task limit. It applies to every task of every host (ANSIBLE_TASK_DEADLINE), and a healthy
-host's first connection on 2 cores shared by two xdist workers took over 6 s now and then."""
+host's first connection on 2 cores shared by xdist workers took over 6 s now and then."""
 STOCK_OUTER_LIMIT_S = float(os.environ.get("TT_STOCK_OUTER_LIMIT_S", "45"))
 LIMIT_VIA = {"no-limit": "ANSIBLE_TASK_DEADLINE", "stock-timeout": "ANSIBLE_TASK_TIMEOUT"}
 

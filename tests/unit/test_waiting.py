@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -142,7 +143,8 @@ def test_the_default_timeout_is_the_controller_wait(workers, monkeypatch: pytest
 
 
 def test_many_results_never_block_the_thread_that_appends() -> None:
-    """The results thread must never block on a wake-up nobody reads: the pipe holds one, at most."""
+    """The results thread must never block on a wake-up nobody reads: once the pipe is full, a
+    wake-up is pending anyway and the next is dropped."""
     wakeup = waiting.Wakeup()
     results = wakeup.results_queue()
     done = threading.Event()
@@ -158,3 +160,21 @@ def test_many_results_never_block_the_thread_that_appends() -> None:
     thread.join()
     assert len(results) == 200_000
     assert timed(lambda: wakeup.wait_for_results(timeout=LONG)) < WOKEN
+
+
+def test_a_wake_up_after_close_writes_to_no_file() -> None:
+    """The strategy closes its pipes at cleanup; their fd numbers are then free for new files."""
+    wakeup = waiting.Wakeup()
+    results, requests = wakeup.results_queue(), wakeup.request_queue()
+    wakeup.close()
+    wakeup.close()  # once only: a second close would close somebody else's fds
+    read_fd, write_fd = os.pipe()  # most likely the numbers just freed
+    try:
+        os.set_blocking(read_fd, False)
+        results.append("late")
+        requests.put("late")
+        with pytest.raises(BlockingIOError):
+            os.read(read_fd, 1)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
