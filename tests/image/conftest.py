@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,7 +36,22 @@ def start_container(engine: str, image: str, *args: str) -> str:
         "infinity",
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
+    _wait_for_entrypoint(engine, name)
     return name
+
+
+def _wait_for_entrypoint(engine: str, name: str, timeout: float = 60.0) -> None:
+    """Until the entrypoint has exec'd the command: before that, /etc/passwd may lack the uid it adds,
+    and a `docker exec` then runs with HOME=/ (seen once under load on the 2.22 image)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        probe = subprocess.run([engine, "exec", name, "pgrep", "-x", "sleep"], capture_output=True)
+        if probe.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(
+        f"container {name}: its entrypoint did not start `sleep infinity` within {timeout} s"
+    )
 
 
 def remove_container(engine: str, name: str) -> None:
