@@ -140,6 +140,10 @@ def healthy_done(result: RunResult, hosts: Collection[str], task: str = "task 1"
     return round(max(ends.values()) - start, 2)
 
 
+TASKS = ("task 1", "task 2", "task 3")
+"""The tasks of bench/playbooks/fleet.yml, by name."""
+
+
 def host_task_times(result: RunResult, hosts: Collection[str], task: str) -> list[float]:
     """Each host's time on `task`, from its runner's start to its last result, sorted (hosts that
     never started or reported it are left out)."""
@@ -164,7 +168,7 @@ def beside_stock(
     """For each task on which healthy hosts timed out: their task times next to stock's, in a run of a
     fleet of the same size. Stock enforces no limit: its times say whether it finished them in time."""
     parts = []
-    for task in ("task 1", "task 2", "task 3"):
+    for task in TASKS:
         if not (count := _timed_out(patched, task)):
             continue
         ours, theirs = host_task_times(patched, hosts, task), host_task_times(stock, stock_hosts, task)
@@ -190,9 +194,7 @@ def run_fleet(bench: Bench, n: int, forks: int, limit_s: int) -> FleetRow:
     fleet, healthy, _ = _run(bench, EE_IMAGE, f"n{n}f{forks}h", n, 0, env, 1800)
     if healthy.hit_outer_limit or healthy.rc != 0:
         why = _why_failed(healthy, n, forks)
-        if not healthy.hit_outer_limit and any(
-            _timed_out(healthy, t) for t in ("task 1", "task 2", "task 3")
-        ):
+        if not healthy.hit_outer_limit and any(_timed_out(healthy, t) for t in TASKS):
             # healthy hosts timed out: would stock have finished them within the limit?
             stock_fleet, stock_healthy, _ = _run(bench, STOCK_IMAGE, f"n{n}f{forks}sh", n, 0, env, 1800)
             times = beside_stock(

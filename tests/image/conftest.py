@@ -42,7 +42,8 @@ def start_container(engine: str, image: str, *args: str) -> str:
 
 def _wait_for_entrypoint(engine: str, name: str, timeout: float = 60.0) -> None:
     """Until the entrypoint has exec'd the command: before that, /etc/passwd may lack the uid it adds,
-    and a `docker exec` then runs with HOME=/ (seen once under load on the 2.22 image)."""
+    and a `docker exec` then runs with HOME=/ (seen once under load on the 2.22 image). Not the
+    harness's passwd check: some of these containers run without the builder entrypoint."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         probe = subprocess.run([engine, "exec", name, "pgrep", "-x", "sleep"], capture_output=True)
